@@ -1,0 +1,5 @@
+import sys
+
+from ebomlc.cli import main
+
+sys.exit(main())
