@@ -173,12 +173,15 @@ def test_download_uses_the_official_archive_once(tmp_path, small_counts, monkeyp
 # ---------------------------------------------------------------- CIFAR-N human labels
 
 def write_human(path, clean, worse, *, numpy1_names=False):
-    """A fake CIFAR-10_human.pt; with numpy1_names, pickled arrays name numpy.core as numpy 1 wrote them."""
+    """A fake CIFAR-10_human.pt. With numpy1_names, in torch's legacy (plain pickle) format, where the
+    arrays' rebuild function can be renamed to numpy.core.multiarray, as numpy 1 wrote it."""
     content = {"clean_label": clean, "worse_label": worse, "aggre_label": clean.copy(),
                "random_label1": worse.copy(), "random_label2": clean.copy(), "random_label3": worse.copy()}
-    torch.save(content, path, _use_new_zipfile_serialization=False)
     if numpy1_names:
+        torch.save(content, path, _use_new_zipfile_serialization=False)
         path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    else:
+        torch.save(content, path)
 
 
 def worse_labels(labels):

@@ -149,7 +149,8 @@ def _read_data_file(fmt: CifarFormat, root: str, file: str, count: int) -> tuple
         got = f"shape {data.shape} dtype {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{where}: expected {count} x {row} uint8 data, got {got}")
     if labels.ndim != 1 or labels.shape[0] != count:
-        raise ValueError(f"{where}: expected {count} labels, got {labels.shape[0] if labels.ndim == 1 else labels.shape}")
+        got = labels.shape[0] if labels.ndim == 1 else f"shape {labels.shape}"
+        raise ValueError(f"{where}: expected {count} labels, got {got}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{where}: labels must be integers, got dtype {labels.dtype}")
     if labels.min() < 0 or labels.max() >= fmt.num_classes:

@@ -9,9 +9,10 @@ training order, with the clean labels under "clean_label". Label-set names map t
 HUMAN_LABEL_SETS. They are not downloaded for you: there is no official checksum to check a download
 against (the clean_label check below guards against a wrong or misaligned file instead).
 
-Loading is safe: torch.load(weights_only=True), with only numpy's array-rebuilding globals allowed
-(under their numpy 2 names and the numpy 1 names that the published files were written with), so a
-tampered file cannot run code.
+Loading is safe: torch.load(weights_only=True), allowing only the globals that rebuild integer numpy
+arrays (under their numpy 1 and numpy 2 names), so a tampered file cannot run code. (torch >= 2.6
+defaults to weights_only=True and refuses these files without the allowlist; weights_only=False would
+load them by running arbitrary pickle code.)
 """
 from __future__ import annotations
 
@@ -30,14 +31,16 @@ HUMAN_LABEL_SETS = {  # dataset -> {label-set name: key in the .pt dict}
 DEFAULT_FILES = {"cifar10": "CIFAR-10_human.pt", "cifar100": "CIFAR-100_human.pt"}
 
 # What a pickled integer numpy array refers to: the array and dtype classes (one dtype class per
-# integer type), and the rebuild function. numpy 2 renamed numpy.core to numpy._core; files written
-# with numpy 1 name the old module, so the rebuild function is allowed under both names.
+# integer type), and the function that rebuilds an array. numpy 2 moved that function from
+# numpy.core.multiarray to numpy._core.multiarray, and a file names the module of the numpy that wrote
+# it (numpy 1 for files as old as the published ones), so it is allowed under both names.
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
 _NUMPY_GLOBALS = [
     np.ndarray,
     np.dtype,
     *(type(np.dtype(t)) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)),
-    np._core.multiarray._reconstruct,
-    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
 ]
 
 

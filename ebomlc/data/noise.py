@@ -48,6 +48,8 @@ def flip(rate: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
 
     t(i) is drawn uniformly from the classes != i, independently for each i, as in the MLC code: a
     class never maps to itself, but two classes may map to the same target (t is not a permutation).
+    (The MLC code draws t with a fixed seed for every run; the trial's noise rng draws it here, so t
+    changes with config.seed.)
     """
     matrix = (1.0 - rate) * np.eye(num_classes)
     for i in range(num_classes):

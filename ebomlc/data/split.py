@@ -4,9 +4,9 @@
     subset = class_balanced_subset(labels, 5000, 10, rng)                    # sorted positions
     clean, val, noisy = split_clean_noisy(labels[subset], 0.02, 10, rng)    # positions in labels[subset]
 
-The three sets of `split_clean_noisy` are disjoint and cover every index exactly once. (The public
-MLC / EBOMLC loaders draw D' from the whole training set, so about 98% of D reappears in D' with noisy
-labels; here no training image is in two sets, and a test checks it.)
+The three sets of `split_clean_noisy` are disjoint and cover every index exactly once: unlike the
+public MLC / EBOMLC loaders, which let most of D (about 98%) reappear in D' with noisy labels, no
+training image is in two sets here, and a test checks it.
 """
 from __future__ import annotations
 
