@@ -51,6 +51,7 @@ EPOCH_METRICS = {
     "lc_acc_corrupted": "label-correction accuracy on the samples of D' whose label was corrupted",
     "lc_acc_uncorrupted": "label-correction accuracy on the samples of D' whose label was already right",
     "weight_mean": "mean example weight (L2RW, MW-Net, PMW-Net)",
+    "weight_positive_fraction_mean": "fraction of the noisy batch given a positive weight (L2RW)",
     "kept_fraction_mean": "fraction of the batch used for the update (Co-teaching+)",
     "clean_split_fraction": "fraction of D' put in the labelled (clean) part by DivideMix's GMM",
     "epoch_time_s": "wall time of the epoch's training steps, seconds (evaluation excluded)",
@@ -141,19 +142,21 @@ def _partitioning() -> ds.Partitioning:
     return ds.partitioning(pa.schema([(p, pa.string()) for p in PARTITIONS]), flavor="hive")
 
 
-def read_table(root: str, table: str = "trials", filter=None):
-    """Read `trials` or `epochs` under `root` as a pandas DataFrame (empty with the right columns if none)."""
+def read_table(root: str, table: str = "trials", filter=None, columns: list[str] | None = None):
+    """Read `trials` or `epochs` under `root` as a pandas DataFrame (empty with the right columns if none);
+    `columns` reads only those (a big sweep's confusion matrices are worth skipping)."""
     schema = TRIAL_SCHEMA if table == "trials" else EPOCH_SCHEMA
     fs, base = filesystem(root)
     path = f"{base}/{table}"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return schema.empty_table().to_pandas()
+        empty = schema.empty_table()
+        return (empty.select(columns) if columns else empty).to_pandas()
     file_schema = pa.schema([f for f in schema if f.name not in PARTITIONS])
     file_schema = pa.unify_schemas([file_schema, pa.schema([(p, pa.string()) for p in PARTITIONS])])
     dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=_partitioning(),
                          schema=file_schema, exclude_invalid_files=False,
                          ignore_prefixes=[".", "_"])
-    return dataset.to_table(filter=filter).to_pandas()
+    return dataset.to_table(filter=filter, columns=columns).to_pandas()
 
 
 def finished_trial_ids(root: str) -> set[str]:

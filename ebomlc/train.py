@@ -148,7 +148,7 @@ def evaluate_set(method: Method, ctx: MethodContext, x: Tensor, y_given: Tensor,
             corrected_labels.append(out.corrected.argmax(1))
         if with_clean_metrics:
             for name, value in method.clean_metrics(out.logits, out.corrected, yb).items():
-                add(name, value)
+                add("extra:" + name, value)
     if corrected_labels:
         corrected = torch.cat(corrected_labels)
         sums["confusion"] = torch.bincount(y_true * k + corrected, minlength=k * k).view(k, k)  # rows: true
@@ -176,8 +176,8 @@ def evaluate_epoch(method: Method, ctx: MethodContext, data: DeviceData) -> tupl
         "noisy_true_acc": noisy["correct"] / n_noisy, "noisy_label_acc": noisy["agree_given"] / n_noisy,
     }
     for name, value in clean.items():
-        if name not in ("correct", "agree_given", "ce"):
-            row[name] = value / n_clean                      # method extras, e.g. EBOMLC's mixture loss
+        if name.startswith("extra:"):
+            row[name[len("extra:"):]] = value / n_clean    # method extras, e.g. EBOMLC's mixture loss
     if val is not None:
         row["val_acc"], row["val_loss"] = val["correct"] / len(data.val_y), val["ce"] / len(data.val_y)
     confusion = None
