@@ -1,0 +1,119 @@
+"""MLC: meta label correction (Zheng, Awadallah & Dumais, AAAI 2021), the k-step look-ahead hypergradient.
+
+Bilevel problem of Eq. (1): the main model minimises G (Eq. 3) on the noisy batch with the labels
+y~ = g_alpha(h(x').detach(), y'); the meta model descends the clean loss F (Eq. 2) after one look-ahead
+step of the main model, grad_alpha F(w'(alpha)) with w'(alpha) the next SGD iterate. One step:
+  1. noisy batch: forward at w, y~, G, grad_w G (one backward);
+  2. w' = the main optimiser's next iterate from grad_w G: w - eta (mu b + grad_w G + lambda w), with its
+     momentum buffer b, momentum mu and weight decay lambda (ebomlc.bilevel.sgd_lookahead);
+  3. clean batch: forward and backward at w' (without touching the model), v = grad F(w');
+  4. hypergradient grad_alpha F(w'(alpha)) = -eta grad_alpha <grad_w G(w, alpha), v>: a Hessian-vector
+     product, computed as one forward-mode product J v through the network plus a backward through g_alpha
+     (ebomlc.bilevel.lookahead_hypergradient; tested against the unrolled create_graph computation);
+  5. the meta model's Adam steps with it; the main model's SGD steps with grad_w G of step 1.
+
+Facts taken from the authors' public code (microsoft/MLC, mlc.py `step_hmlc_K`, main.py) where the paper
+leaves them open:
+- The look-ahead is the real optimiser's step: momentum buffer and weight decay included (their
+  `update_params_sgd`); both are constant in alpha, so the derivative of w' is -eta d(grad_w G)/d alpha.
+- eta is the main model's current learning rate (their `main_schdlr.get_lr()[0]`; here the scheduler's
+  last learning rate, the one the optimiser uses this epoch).
+- The main model steps with the gradient of G computed in step 1, i.e. with the labels of the meta model
+  *before* its update: their code computes `f_param_grads` before the meta step and sets
+  `param.grad = f_param_grads` after it. So no second forward or backward is needed.
+- k > 1 (their `gradient_steps`): the one-step hypergradients are accumulated over k main-model steps and
+  the meta model steps once every k steps; each step's new hypergradient is added to the previous sum
+  discounted by gamma = (1 - eta) <v, grad_w F(w)> / ||grad_w F(w)||^2, with grad_w F(w) the clean-batch
+  gradient at the current w (their identity-Hessian approximation). That needs one more clean forward
+  and backward, at w, for k > 1 only. Default k = 1 (their default) makes the discount irrelevant.
+- Their default variant `hmlc_K_mix` also trains the main model on half of each clean batch; we use the
+  plain `hmlc_K` form of Eq. (1): G on the noisy batch only, the whole clean batch for the meta gradient.
+- BatchNorm: only the noisy forward at w updates the running statistics; the look-ahead passes record
+  nothing (ebomlc.bilevel.lookahead_forward). Their code swapped the weights in place, so its look-ahead
+  forward also updated the running statistics.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ebomlc.bilevel import (GRAD_Q_EPS, dot, lookahead_forward, lookahead_hypergradient, lower_loss, set_grads,
+                            sgd_lookahead, sq_norm, upper_loss)
+from ebomlc.methods.base import Batch, EvalOutput, Method, MethodContext
+
+
+class MLC(Method):
+    name = "mlc"
+    hyperparameters = {"k": 1}
+    sampling = "paired"
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.meta_model = ctx.build_meta_model()
+        self.meta_optimizer = ctx.meta_optimizer(self.meta_model.parameters())
+        self.accumulated: list[Tensor] | None = None   # k > 1: discounted sum of this round's hypergradients
+        self.accumulated_steps = 0                     # main-model steps since the last meta step
+
+    def step(self, noisy: Batch, clean: Batch | None) -> dict[str, Tensor]:
+        c, lr = self.config, self.lr
+        params, meta_params = list(self.model.parameters()), list(self.meta_model.parameters())
+        names = [name for name, _ in self.model.named_parameters()]
+
+        # lower level, noisy batch: G(w, alpha) with the current corrections (Eq. 3)
+        logits, features = self.model(noisy.x)                         # (B, K), (B, F)
+        corrected = self.meta_model(features.detach(), noisy.y)        # (B, K) y~
+        lower = lower_loss(logits, corrected)
+        grad_w_g = torch.autograd.grad(lower, params)
+
+        # look-ahead w': the main optimiser's next iterate
+        state = self.optimizer.state
+        buffers = [state[p]["momentum_buffer"] for p in params] if all("momentum_buffer" in state[p] for p in params) else None
+        lookahead = sgd_lookahead([p.detach() for p in params], grad_w_g, lr, momentum=c.momentum,
+                                  weight_decay=c.weight_decay, momentum_buffers=buffers)
+        lookahead = [w.requires_grad_() for w in lookahead]
+
+        # clean loss at w' (Eq. 2) and v = grad F(w')
+        lookahead_logits, _ = lookahead_forward(self.model, dict(zip(names, lookahead)), clean.x)
+        v = torch.autograd.grad(upper_loss(lookahead_logits, clean.y), lookahead)
+
+        # hypergradient grad_alpha F(w'(alpha)) (Hessian-vector product)
+        hypergradient = lookahead_hypergradient(self.model, dict(zip(names, params)), noisy.x, logits,
+                                                lambda scores: lower_loss(scores, corrected), meta_params, v, lr)
+        if c.k > 1:
+            hypergradient = self.accumulate(hypergradient, v, clean, lr)
+        self.accumulated_steps += 1
+        if self.accumulated_steps == c.k:
+            set_grads(meta_params, hypergradient)
+            self.meta_optimizer.step()
+            self.accumulated, self.accumulated_steps = None, 0
+
+        # main model: SGD on G with the labels used above (before the meta update), as in the public code
+        set_grads(params, grad_w_g)
+        self.optimizer.step()
+        return {"loss": lower.detach()}
+
+    def accumulate(self, hypergradient: list[Tensor], v: list[Tensor], clean: Batch, lr: float) -> list[Tensor]:
+        """k > 1: this step's hypergradient plus the round's sum so far discounted by MLC's gamma (v = grad F(w'))."""
+        params = list(self.model.parameters())
+        names = [name for name, _ in self.model.named_parameters()]
+        logits, _ = lookahead_forward(self.model, dict(zip(names, params)), clean.x)   # at w, records no BN stats
+        grad_w_f = torch.autograd.grad(upper_loss(logits, clean.y), params)
+        gamma = (1 - lr) * dot(v, grad_w_f) / (sq_norm(grad_w_f) + GRAD_Q_EPS)
+        if self.accumulated is not None:
+            torch._foreach_add_(hypergradient, torch._foreach_mul(self.accumulated, gamma))
+        self.accumulated = hypergradient
+        return hypergradient
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor) -> EvalOutput:
+        logits, features = self.model(x)
+        return EvalOutput(logits, self.meta_model(features, y))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"accumulated": self.accumulated, "accumulated_steps": self.accumulated_steps}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.accumulated = state["accumulated"]
+        self.accumulated_steps = state["accumulated_steps"]
