@@ -65,10 +65,11 @@ class MethodContext:
         c = self.config
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
-    def main_scheduler(self, optimizer) -> torch.optim.lr_scheduler.MultiStepLR:
-        """lr x lr_gamma at the configured fractions of the epochs (80 and 100 of 120), stepped per epoch."""
+    def main_scheduler(self, optimizer, epochs: int | None = None) -> torch.optim.lr_scheduler.MultiStepLR:
+        """lr x lr_gamma at the configured fractions of the epochs (80 and 100 of 120), stepped per epoch;
+        `epochs` (default: the trial's) lets a phase of a method have a schedule of its own."""
         c = self.config
-        milestones = sorted({max(1, round(f * c.epochs)) for f in c.lr_milestones})
+        milestones = sorted({max(1, round(f * (epochs or c.epochs))) for f in c.lr_milestones})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=c.lr_gamma)
 
     def meta_optimizer(self, params) -> torch.optim.Optimizer:

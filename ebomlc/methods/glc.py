@@ -80,7 +80,7 @@ class GLC(Method):
         super().__init__(ctx)
         c = self.config
         self.phase1_epochs = min(max(1, round(c.options["phase1_fraction"] * c.epochs)), c.epochs - 1)
-        self.scheduler = self.phase_scheduler(self.phase1_epochs)
+        self.scheduler = self.ctx.main_scheduler(self.optimizer, self.phase1_epochs)
         self.initial_weights: dict[str, Tensor] | None = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.corruption: Tensor | None = None    # C-hat, (K, K), from the start of phase 2
 
@@ -91,12 +91,6 @@ class GLC(Method):
             raise ConfigError(f"option phase1_fraction must be in (0, 1), got {fraction!r}")
         if config.epochs < 2:
             raise ConfigError(f"glc needs epochs >= 2 (one per phase at least), got {config.epochs}")
-
-    def phase_scheduler(self, epochs: int) -> torch.optim.lr_scheduler.MultiStepLR:
-        """The trial's MultiStepLR (milestone fractions, lr_gamma) over one phase of `epochs` epochs."""
-        c = self.config
-        milestones = sorted({max(1, round(f * epochs)) for f in c.lr_milestones})
-        return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=c.lr_gamma)
 
     def on_epoch_start(self, epoch: int) -> None:
         if epoch == self.phase1_epochs:
@@ -112,7 +106,7 @@ class GLC(Method):
         self.model.train(True)
         self.initial_weights = None
         self.optimizer = self.ctx.main_optimizer(self.model.parameters())
-        self.scheduler = self.phase_scheduler(self.config.epochs - self.phase1_epochs)
+        self.scheduler = self.ctx.main_scheduler(self.optimizer, self.config.epochs - self.phase1_epochs)
         self.sampling = "union"
 
     def step(self, noisy: Batch, clean: Batch | None) -> dict[str, Tensor]:
