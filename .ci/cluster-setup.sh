@@ -15,8 +15,8 @@
 #      started through this sshd, so the end-to-end test cannot stop a Ray instance that another test
 #      or person started on the same machine. Without the permission (an unprivileged container) sshd
 #      runs plainly and that caveat applies.
-# The sshd it starts is left running for later runs (the tests do not stop it); stop it with
-#   kill "$(cat /run/ebomlc-sshd.pid)"
+# The sshd it starts is left running for later runs (the tests do not stop it). To stop it, and with it
+# every process started through it:  kill -KILL "$(cat /run/ebomlc-sshd.pid)"  (`unshare` ignores SIGTERM).
 set -euo pipefail
 
 KEY=/root/.ssh/ebomlc_cluster

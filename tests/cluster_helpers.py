@@ -10,13 +10,16 @@ ray_current_cluster file is what a bare `ray.init()` joins.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 SSH_KEY = Path("/root/.ssh/ebomlc_cluster")   # made by .ci/cluster-setup.sh; auth.ssh_private_key in cluster-local.yaml
+RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"   # the CLI of the Ray the tests import
 
 
 def free_port() -> int:
@@ -40,7 +43,7 @@ def port_in_use(port: int) -> bool:
 
 def ssh_to_localhost_works() -> bool:
     """Whether `ssh -i SSH_KEY root@127.0.0.1` logs in without a password (what `ray up` needs)."""
-    if not SSH_KEY.is_file():
+    if not SSH_KEY.is_file() or shutil.which("ssh") is None:
         return False
     command = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-i", str(SSH_KEY), "root@127.0.0.1", "true"]
@@ -54,9 +57,10 @@ def session(sid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            if os.getsid(int(entry)) == sid and Path(f"/proc/{entry}/stat").read_text().split()[2] != "Z":
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]   # after "pid (name)"
+            if os.getsid(int(entry)) == sid and state != "Z":
                 pids.append(int(entry))
-        except (OSError, IndexError):   # the process ended while we looked
+        except OSError:   # the process ended while we looked
             continue
     return pids
 
@@ -74,7 +78,7 @@ class RayNode:
 
     def __init__(self, args: list[str], *, env: dict[str, str], temp_dir: Path, log: Path, timeout: float = 180):
         with open(log, "w") as out:
-            self.process = subprocess.Popen(["ray", "start", "--block", f"--temp-dir={temp_dir}", *args], env=env,
+            self.process = subprocess.Popen([RAY, "start", "--block", f"--temp-dir={temp_dir}", *args], env=env,
                                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.sid = self.process.pid   # start_new_session: the process leads its own session
         deadline = time.monotonic() + timeout
@@ -83,8 +87,12 @@ class RayNode:
                 self.kill()
                 raise RuntimeError(f"ray start {' '.join(args)} did not start; its output:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        self.node_id = next(arg.split("=", 1)[1] for pid in self.pids() for arg in command_line(pid)
-                            if arg.startswith("--node_id="))   # Ray's id of the node, as trial rows record it
+        # Ray's id of the node, as trial rows record it
+        self.node_id = next((arg.split("=", 1)[1] for pid in self.pids() for arg in command_line(pid)
+                             if arg.startswith("--node_id=")), None)
+        if self.node_id is None:
+            self.kill()
+            raise RuntimeError(f"ray start {' '.join(args)} started no raylet; its output:\n{log.read_text()[-3000:]}")
 
     def pids(self) -> list[int]:
         return session(self.sid)

@@ -1,5 +1,5 @@
 """The cluster files and multi-node sweeps, on real Ray: `pytest -m cluster` runs exactly these (they also
-run in the full `pytest` run; about 4 to 5 minutes on a 2-core machine).
+run in the full `pytest` run; about 4 minutes on a 2-core machine).
 
 * cluster.yaml and cluster-local.yaml pass Ray's own validation, a misspelt key fails it, and both start
   Ray with token authentication and a dashboard bound to 127.0.0.1.
@@ -11,8 +11,9 @@ run in the full `pytest` run; about 4 to 5 minutes on a 2-core machine).
 
 The end-to-end test needs `ssh root@127.0.0.1` with the key that `.ci/cluster-setup.sh` sets up; where CI
 is unset and that is missing, it is skipped with that reason (in CI it fails instead). It leaves sshd
-running (the setup script owns it) and, like any `ray up` of cluster-local.yaml, leaves the copied
-checkout in ~/ebomlc and ray_bootstrap_config.yaml / ray_bootstrap_key.pem in ~.
+running (the setup script owns it), creates ~/.ray/auth_token if missing (as `ray.init()` does) and, like
+any `ray up` of cluster-local.yaml, leaves the copied checkout in ~/ebomlc and ray_bootstrap_config.yaml /
+ray_bootstrap_key.pem in ~.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster_helpers import RayNode, command_line, free_port, port_in_use, ssh_to_localhost_works
+from cluster_helpers import RAY, RayNode, command_line, free_port, port_in_use, ssh_to_localhost_works
 
 pytestmark = pytest.mark.cluster
 
@@ -111,7 +112,7 @@ class TwoNodes:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """A head and a worker node on this machine, 2 CPUs and 1 logical GPU each, token auth with a token of
-    their own; every port they would take by default is a free one instead."""
+    their own; every port they would take by default (6379, 10001, 52365) is a free one instead."""
     logs = tmp_path_factory.mktemp("two-nodes")
     ray_dirs = Path(tempfile.mkdtemp(prefix="ebc-", dir="/tmp"))   # short: Ray's socket paths must stay < 108 bytes
     token = logs / "auth_token"
@@ -119,16 +120,13 @@ def two_nodes(tmp_path_factory):
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     port = free_port()
 
-    def resources_and_ports() -> list[str]:
-        return ["--num-cpus=2", "--num-gpus=1", "--object-store-memory=200000000",
-                f"--dashboard-agent-listen-port={free_port()}"]
-
+    each_node = ["--num-cpus=2", "--num-gpus=1", "--object-store-memory=200000000", "--dashboard-agent-listen-port=0"]
     nodes = []
     try:
         nodes.append(RayNode(["--head", f"--port={port}", "--include-dashboard=false",
-                              f"--ray-client-server-port={free_port()}", *resources_and_ports()],
+                              f"--ray-client-server-port={free_port()}", *each_node],
                              env=env, temp_dir=ray_dirs / "head", log=logs / "head.log"))
-        nodes.append(RayNode([f"--address=127.0.0.1:{port}", *resources_and_ports()],
+        nodes.append(RayNode([f"--address=127.0.0.1:{port}", *each_node],
                              env=env, temp_dir=ray_dirs / "worker", log=logs / "worker.log"))
         yield TwoNodes(f"127.0.0.1:{port}", *nodes, env)
     finally:
@@ -143,8 +141,11 @@ def sweep_command(cluster: TwoNodes, sweep: Path, storage: Path, name: str) -> l
 
 
 def test_sweep_places_trials_on_both_nodes(two_nodes, tmp_path):
-    # 4 trials at 0.5 GPU: the head holds 2 at a time, so 2 must go to the worker
-    sweep = write_sweep(tmp_path / "sweep.yaml", seeds=range(4), epochs=2)
+    # 4 trials at 0.5 GPU: the head holds 2 at a time, so 2 go to the worker, provided that the head's
+    # first trials still train when the worker's trial processes are up (with reuse_actors, Tune gives a
+    # waiting trial to a freed actor rather than to one still starting; here the worker's start about 4 s
+    # later): hence 10 epochs, about 12 s
+    sweep = write_sweep(tmp_path / "sweep.yaml", seeds=range(4), epochs=10)
     run = subprocess.run(sweep_command(two_nodes, sweep, tmp_path / "results", "placed"), env=two_nodes.env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -199,7 +200,7 @@ def test_sweep_survives_losing_the_worker_node(two_nodes, tmp_path):
 # ---------------------------------------------------------------- ray up / job submit / ray down
 
 def ray_cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["ray", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([RAY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ def local_cluster():
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    busy = [port for port in (6379, 8265, 10001, 52365) if port_in_use(port)]
+    busy = [port for port in (6379, 8265, 10001) if port_in_use(port)]
     assert not busy, f"ports {busy} are taken (another Ray head on this machine?); cluster-local.yaml's head needs them"
     env = clean_env()
     generated = ray_cli("get-auth-token", "--generate", env=env, timeout=60)   # no-op when ~/.ray/auth_token exists
@@ -224,10 +225,23 @@ def local_cluster():
         assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
 
 
+def dashboard_status(url: str) -> int | None:
+    """The HTTP status of a GET of `url` without a token, or None while nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except urllib.error.URLError:
+        return None
+
+
 def test_ray_up_job_submit_read_results_ray_down(local_cluster, tmp_path):
     dashboard = "http://127.0.0.1:8265"   # the head is this machine; elsewhere: `ray dashboard cluster-local.yaml`
-    with pytest.raises(urllib.error.HTTPError, match="401"):
-        urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=30)   # no token, no access
+    deadline = time.monotonic() + 60   # `ray up` can return before the dashboard listens
+    while (status := dashboard_status(f"{dashboard}/api/jobs/")) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert status == 401   # no token, no access
     # the smoke preset, as a user would run it; --working-dir .: the job runs this checkout (uploaded;
     # .gitignore applies). RAY_AUTH_MODE=token makes the Jobs CLI send the token in ~/.ray/auth_token
     submit = ray_cli("job", "submit", "--address", dashboard, "--working-dir", ".", "--",
