@@ -16,8 +16,8 @@ The look-ahead (`lookahead_forward`) runs the main model with other weights thro
 BatchNorm in the look-ahead: the layers normalise with the look-ahead batch's own statistics (training
 mode, exactly the function G is defined with during training), and their running statistics are passed
 as None, so nothing is recorded: the look-ahead leaves the real model's running means, variances and
-batch counters unchanged. Only the real forwards at the current w (noisy and clean batch) update them,
-as in plain training.
+batch counters unchanged. Only the methods' real forwards at the current w update them, as in plain
+training.
 """
 from __future__ import annotations
 
@@ -112,9 +112,9 @@ def lower_loss(logits: Tensor, corrected: Tensor) -> Tensor:
 def value_function_gap(lower_at_w: Tensor, lower_at_lookahead: Tensor) -> Tensor:
     """Eq. (8): Q(w, alpha) = G(w, alpha) - G(w_(1), alpha); Eq. (4) with G*(alpha) ~ G(w_k, alpha).
 
-    Both losses are on the same batch with the same corrected labels. The look-ahead weights are a
-    constant (computed without a graph, as in BOME), so grad_w Q = grad_w G(w, alpha) and
-    grad_alpha Q = grad_alpha G(w, alpha) - grad_alpha G(w_k, alpha).
+    Both losses are on the same batch with the same corrected labels, so
+    grad_alpha Q = grad_alpha G(w, alpha) - grad_alpha G(w_k, alpha); for grad_w Q (look-ahead weights a
+    constant as in BOME, or the gradient of G at both points) see `value_gap_gradients`.
     """
     return lower_at_w - lower_at_lookahead
 
@@ -199,39 +199,53 @@ def update_direction(grad_F: Grads | None, grad_Q: Grads, scale: Tensor) -> list
 
 NoisyBatchSource = Callable[[], tuple[Tensor, Tensor]]
 
+# How grad_w Q treats the look-ahead w_k (option `grad_q` of EBOMLC and MLC-D; see value_gap_gradients)
+GRAD_Q_FORMS = ("bome", "difference")
+
 
 def value_gap_gradients(model: nn.Module, meta_model: nn.Module, x: Tensor, y: Tensor, *, lr: float,
-                        steps: int = 1, fresh_batch: NoisyBatchSource | None = None):
+                        steps: int = 1, fresh_batch: NoisyBatchSource | None = None, grad_q: str = "bome"):
     """G(w, alpha) and the gradients of Q = G(w, alpha) - G(w_k, alpha) at (w, alpha) on the noisy batch.
 
     x: (B, C, H, W) images of D', y: (B,) their noisy labels. Returns (G detached, grad_w Q, grad_alpha Q).
 
     y~ = g_alpha(h(x'), y') with the features h(x') taken from the forward at w and detached (h is frozen
     for alpha). w_k is reached by `steps` plain SGD steps on G from w with step size `lr` (eta_w), each
-    computed without a graph, so w_k is a constant (BOME's convention): Eq. (8) for steps = 1 (EBOMLC's
-    w_(1)), Eq. (4) with G*(alpha) ~ G(w_k, alpha) otherwise (MLC-D, and EBOMLC's k ablation of Fig. 7):
+    computed without a graph: Eq. (8) for steps = 1 (EBOMLC's w_(1)), Eq. (4) with G*(alpha) ~ G(w_k, alpha)
+    otherwise (MLC-D, and EBOMLC's k ablation of Fig. 7). G(w_k, .) uses the same y~, and always
 
-        grad_w Q     = grad_w G(w, alpha)
-        grad_alpha Q = grad_alpha G(w, alpha) - grad_alpha G(w_k, alpha),  G(w_k, .) with the same y~.
+        grad_alpha Q = grad_alpha G(w, alpha) - grad_alpha G(w_k, alpha).
+
+    grad_q="bome": w_k is a constant (BOME's q(x, theta) = g(x, theta) - g(x, theta^(T))), so
+        grad_w Q = grad_w G(w, alpha).
+    grad_q="difference": the gradient of G is taken at both points,
+        grad_w Q = grad_w G(w, alpha) - (grad_w G)(w_k, alpha),
+    the quantity the paper bounds after Eq. (8) (||grad G(w) - grad G(w_(1))|| <= ||grad G(w) - grad G(w_(T))||)
+    and describes shrinking in Sec. VI-C3, and what the authors' public code computes (it differentiates
+    G(w) - G(w_1) after swapping the weights in place). It costs a backward more: the forward at w_k then
+    keeps its graph.
 
     Inner steps 2..k: with `fresh_batch` None they reuse this batch and its y~ (EBOMLC); otherwise each
     takes a new batch (x_i, y_i) = fresh_batch() labelled by g_alpha from the features at w_i (MLC-D,
-    Algorithm 1 line 3). Q is always measured on this batch. Cost: one forward + backward at w, one
-    forward + backward per extra inner step, one forward at w_k without a graph, and small backwards
+    Algorithm 1 line 3). Q is always measured on this batch. Cost ("bome"): one forward + backward at w,
+    one forward + backward per extra inner step, one forward at w_k without a graph, and small backwards
     through g_alpha.
 
     The forward at w is the model's real training forward (it updates BatchNorm running statistics);
     every look-ahead forward leaves them alone (`lookahead_forward`).
     """
+    if grad_q not in GRAD_Q_FORMS:
+        raise ValueError(f"grad_q must be one of {', '.join(GRAD_Q_FORMS)}, got {grad_q!r}")
     params = list(model.parameters())
     names = [name for name, _ in model.named_parameters()]
     meta_params = list(meta_model.parameters())
 
     logits, features = model(x)                                   # (B, K), (B, F)
-    corrected = meta_model(features.detach(), y)                  # (B, K) y~
-    lower = lower_loss(logits, corrected)                         # G(w, alpha), Eq. (3)
-    # the graph is kept for the alpha-part of Q below (the backward there only walks through g_alpha)
-    grad_w = torch.autograd.grad(lower, params, retain_graph=True)   # = grad_w Q
+    corrected = meta_model(features.detach(), y)                  # (B, K) y~, with its graph to alpha
+    # grad_w G(w, alpha), Eq. (3). This backward frees the network's graph: the alpha-part below takes G
+    # as a function of alpha with f_w(x') fixed, all grad_alpha needs, so no two graphs are alive at once
+    # (retaining this one cost ~100k fresh memory pages, over 10% of the time, per CPU step).
+    grad_w = torch.autograd.grad(lower_loss(logits, corrected.detach()), params)
 
     weights = sgd_lookahead([p.detach() for p in params], grad_w, lr)   # w_(1)
     for _ in range(steps - 1):
@@ -246,12 +260,18 @@ def value_gap_gradients(model: nn.Module, meta_model: nn.Module, x: Tensor, y: T
                 target = meta_model(inner_features, inner_y)
         inner_grad = torch.autograd.grad(lower_loss(inner_logits, target), weights)
         weights = sgd_lookahead([w.detach() for w in weights], inner_grad, lr)   # w_(i+1)
-    with torch.no_grad():
-        lookahead_logits, _ = lookahead_forward(model, dict(zip(names, weights)), x)   # f_{w_k}(x')
+    lower = lower_loss(logits.detach(), corrected)                # G(w, alpha)
+    if grad_q == "bome":
+        with torch.no_grad():
+            lookahead_logits, _ = lookahead_forward(model, dict(zip(names, weights)), x)   # f_{w_k}(x')
+        gap = value_function_gap(lower, lower_loss(lookahead_logits, corrected))      # Q, Eq. (8) / (4)
+        return lower.detach(), list(grad_w), list(torch.autograd.grad(gap, meta_params))
 
-    gap = value_function_gap(lower, lower_loss(lookahead_logits, corrected))      # Q, Eq. (8) / (4)
-    grad_alpha = torch.autograd.grad(gap, meta_params)
-    return lower.detach(), list(grad_w), list(grad_alpha)
+    weights = [w.requires_grad_() for w in weights]
+    lookahead_logits, _ = lookahead_forward(model, dict(zip(names, weights)), x)
+    gap = value_function_gap(lower, lower_loss(lookahead_logits, corrected))
+    grads = torch.autograd.grad(gap, weights + meta_params)       # d Q / d w_k = -(grad_w G)(w_k)
+    return lower.detach(), list(torch._foreach_add(grad_w, grads[:len(weights)])), list(grads[len(weights):])
 
 
 def lookahead_hypergradient(model: nn.Module, params: dict[str, Tensor], x: Tensor, logits: Tensor,

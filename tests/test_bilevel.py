@@ -78,7 +78,7 @@ def test_mixture_upper_loss_eq9_hand_worked():
         mixture_upper_loss(logits, corrected, y, rho=rho, mixture="soft")
 
 
-# ---------------------------------------------------------------- barrier (Eqs. 5/10, 7/11) and directions (Eqs. 6, 12-14)
+# ---------------------------------------------------------------- barrier (Eqs. 5/10, 7/11), directions (Eqs. 6, 12-14)
 
 # grad F = ((1, 0), (2,) | (3,)), grad Q = ((1, 1), (0,) | (1,)): ||grad Q||^2 = 3, grad_w F . grad_w Q = 1,
 # alignment grad_alpha F . grad_alpha Q = 3.
@@ -100,13 +100,27 @@ def test_barrier_coefficient_eq11_hand_worked(delta, grad_w_f, expected):
     beta = barrier_coefficient(grad_w_f, GRAD_ALPHA_F, GRAD_W_Q, GRAD_ALPHA_Q, delta)
     assert beta.item() == pytest.approx(expected, abs=1e-7)
     # the alignment term of Eq. (10) cancels: Eq. (7) (grad_alpha F = 0) gives the same coefficient
-    assert barrier_coefficient(grad_w_f, None, GRAD_W_Q, GRAD_ALPHA_Q, delta).item() == pytest.approx(expected, abs=1e-7)
+    eq7 = barrier_coefficient(grad_w_f, None, GRAD_W_Q, GRAD_ALPHA_Q, delta)
+    assert eq7.item() == pytest.approx(expected, abs=1e-7)
 
 
 def test_barrier_coefficient_is_zero_not_nan_when_grad_q_vanishes():
     zeros_w, zeros_alpha = [torch.zeros(2), torch.zeros(1)], [torch.zeros(1)]
     beta = barrier_coefficient(GRAD_W_F, GRAD_ALPHA_F, zeros_w, zeros_alpha, 0.25)
     assert beta.item() == 0.0                            # (0 - 0) / (0 + eps), not 0/0
+
+
+@pytest.mark.parametrize("q_scale", [1.0, 1e-3, 1e-6])
+def test_barrier_term_is_bounded_however_small_grad_q(q_scale):
+    g = torch.Generator().manual_seed(3)
+    grad_w_f = [torch.randn(50, generator=g, dtype=torch.float64)]
+    grad_w_q = [q_scale * torch.randn(50, generator=g, dtype=torch.float64)]
+    grad_alpha_q = [q_scale * torch.randn(7, generator=g, dtype=torch.float64)]
+    grad_w_q[0] = grad_w_q[0] - 2 * q_scale * grad_w_f[0]          # opposed to grad_w F: beta > delta
+    beta = barrier_coefficient(grad_w_f, None, grad_w_q, grad_alpha_q, 0.25)
+    q_norm = (sq_norm(grad_w_q) + sq_norm(grad_alpha_q)).sqrt()
+    assert beta > 0.25
+    assert beta * q_norm <= 0.25 * q_norm + sq_norm(grad_w_f).sqrt() + 1e-12
 
 
 def test_update_direction_hand_worked():
@@ -193,6 +207,30 @@ def test_grad_q_matches_finite_differences(steps, fresh):
         else:
             numeric = (q(w0, plus) - q(w0, minus)) / (2 * eps)
         assert dot(grad, direction).item() == pytest.approx(numeric.item(), rel=1e-5, abs=1e-9), block
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_difference_form_takes_the_gradient_of_g_at_both_points(steps):
+    """grad_q="difference": grad_w Q = grad_w G(w) - (grad_w G)(w_k); grad_alpha Q as in the BOME form."""
+    model, meta = _tiny_models(torch.float64)
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (6,))
+    lr = 0.3
+    _, bome_w, bome_alpha = value_gap_gradients(model, meta, x, y, lr=lr, steps=steps)
+    _, diff_w, diff_alpha = value_gap_gradients(model, meta, x, y, lr=lr, steps=steps, grad_q="difference")
+
+    features = lookahead_forward(model, dict(model.named_parameters()), x)[1].detach()
+    target = meta(features, y).detach()
+    wk = [p.detach() for p in model.parameters()]
+    for _ in range(steps + 1):           # the gradient at w_0, ..., w_k; the last one is (grad_w G)(w_k)
+        wk = [w.clone().requires_grad_() for w in wk]
+        grad_at_wk = torch.autograd.grad(lower_loss(lookahead_forward(model, _named(model, wk), x)[0], target), wk)
+        wk = [w.detach() - lr * g for w, g in zip(wk, grad_at_wk)]
+    for d, b, g in zip(diff_w, bome_w, grad_at_wk):
+        assert torch.allclose(d, b - g, rtol=1e-10, atol=1e-14)
+    for d, b in zip(diff_alpha, bome_alpha):
+        assert torch.allclose(d, b, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="grad_q must be one of bome, difference"):
+        value_gap_gradients(model, meta, x, y, lr=lr, grad_q="exact")
 
 
 # ---------------------------------------------------------------- the look-ahead leaves the real model alone

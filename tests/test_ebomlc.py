@@ -1,5 +1,6 @@
 """EBOMLC (Algorithm 2) and MLC-D (Algorithm 1): one step's update equals the equations computed from
-scratch; the look-aheads record no BatchNorm statistics; EBOMLC corrects labels on synthetic noisy data."""
+scratch; the look-aheads record no BatchNorm statistics; EBOMLC against erm under 60% uniform noise on
+synthetic data, with what is not observed at that scale marked xfail (strict, so a change shows)."""
 import copy
 import dataclasses
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from ebomlc.bilevel import lookahead_forward, lower_loss, mixture_upper_loss, upper_loss
+from ebomlc.config import ConfigError, TrialConfig
 from method_context import tiny_method
 
 
@@ -14,7 +16,7 @@ def _flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _reference_gradients(model, meta, noisy, clean, lr, k, upper_fn):
+def _reference_gradients(model, meta, noisy, clean, lr, k, upper_fn, grad_q):
     """grad Q and grad F at (w, alpha) from the definitions, with copies of the models and flat vectors."""
     names = [n for n, _ in model.named_parameters()]
     w, alpha = list(model.parameters()), list(meta.parameters())
@@ -29,6 +31,10 @@ def _reference_gradients(model, meta, noisy, clean, lr, k, upper_fn):
         wk = [p.detach() - lr * g for p, g in zip(wk, torch.autograd.grad(loss, wk))]
     lower_k = lower_loss(lookahead_forward(model, dict(zip(names, wk)), noisy.x)[0].detach(), corrected)
     grad_alpha_q = torch.autograd.grad(lower - lower_k, alpha)
+    if grad_q == "difference":                           # minus the gradient of G at w_k
+        wk = [p.requires_grad_() for p in wk]
+        loss = lower_loss(lookahead_forward(model, dict(zip(names, wk)), noisy.x)[0], corrected.detach())
+        grad_w_q = [a - b for a, b in zip(grad_w_q, torch.autograd.grad(loss, wk))]
     logits_c, features_c = lookahead_forward(model, dict(zip(names, w)), clean.x)
     upper = upper_fn(logits_c, meta(features_c.detach(), clean.y), clean.y)
     grad_f = torch.autograd.grad(upper, w + alpha, allow_unused=True)
@@ -38,7 +44,8 @@ def _reference_gradients(model, meta, noisy, clean, lr, k, upper_fn):
 
 @pytest.mark.parametrize("name, overrides", [
     ("ebomlc", {}), ("ebomlc", {"mixture": "logits"}), ("ebomlc", {"k": 3}), ("ebomlc", {"rho": 0.7, "xi": 1.0}),
-    ("mlc_d", {"k": 1}),
+    ("ebomlc", {"options": {"grad_q": "difference"}}), ("ebomlc", {"k": 2, "options": {"grad_q": "difference"}}),
+    ("mlc_d", {"k": 1}), ("mlc_d", {"k": 1, "options": {"grad_q": "difference"}}),
 ])
 def test_step_applies_the_barrier_update_of_the_equations(name, overrides):
     method, noisy, clean = tiny_method(name, torch.float64, **overrides)
@@ -48,7 +55,8 @@ def test_step_applies_the_barrier_update_of_the_equations(name, overrides):
         upper_fn = lambda logits, corrected, y: mixture_upper_loss(logits, corrected, y, rho=c.rho, mixture=c.mixture)
     else:
         upper_fn = lambda logits, corrected, y: upper_loss(logits, y)
-    (gq_w, gq_a), (gf_w, gf_a), upper = _reference_gradients(model, meta, noisy, clean, method.lr, c.k, upper_fn)
+    (gq_w, gq_a), (gf_w, gf_a), upper = _reference_gradients(model, meta, noisy, clean, method.lr, c.k, upper_fn,
+                                                             c.options["grad_q"])
 
     # Eq. (11) (= Eq. (7) when grad_alpha F = 0) with flat vectors, then Eqs. (12)-(14) / (6)
     beta = torch.clamp(c.delta - gf_w @ gq_w / (gq_w @ gq_w + gq_a @ gq_a), min=0)
@@ -60,6 +68,12 @@ def test_step_applies_the_barrier_update_of_the_equations(name, overrides):
     assert metrics["grad_q_norm"].item() == pytest.approx(torch.cat([gq_w, gq_a]).norm().item(), rel=1e-9)
     assert torch.allclose(_flat([p.grad for p in method.model.parameters()]), gf_w + scale * gq_w, atol=1e-12)
     assert torch.allclose(_flat([p.grad for p in method.meta_model.parameters()]), gf_a + scale * gq_a, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ebomlc", "mlc_d"])
+def test_grad_q_option_is_validated(name):
+    with pytest.raises(ConfigError, match="option grad_q must be one of bome, difference, got 'exact'"):
+        TrialConfig(method=name, options={"grad_q": "exact"}).validated()
 
 
 def test_mlc_d_draws_fresh_inner_batches_from_its_generator():
@@ -77,20 +91,45 @@ def test_only_the_two_real_forwards_record_batchnorm_statistics(name, k):
     assert int(method.model.bn.num_batches_tracked) == 4    # noisy and clean forward at w, per step
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
-    "not observed at this scale: with the paper's update (grad_w Q = grad_w G(w), meta Adam 3e-4) the meta model "
-    "learns to copy the given label within the first epoch (the mixture upper loss of Eq. 9 rewards exactly that on "
-    "D), so lc_acc stays at 1 - the realised noise rate (0.43) and test accuracy ends below erm's"))
-def test_ebomlc_corrects_labels_and_beats_erm_under_60_percent_uniform_noise(tiny_config):
+def _histories(config, methods):
+    """name -> the per-epoch rows of a trial of `config` with that name's overrides."""
     from ebomlc.train import run_trial
 
-    rows = {}
-    for method in ("ebomlc", "erm"):
-        history = []
-        config = dataclasses.replace(tiny_config, method=method, noise_rate=0.6, epochs=6)
-        run_trial(config, lambda row, state: history.append(row))
-        rows[method] = history
-    lc_acc = [row["lc_acc"] for row in rows["ebomlc"]]
+    histories = {}
+    for name, overrides in methods.items():
+        histories[name] = []
+        run_trial(dataclasses.replace(config, **overrides), lambda row, state, h=histories[name]: h.append(row))
+    return histories
+
+
+SIXTY_PERCENT_UNIFORM = {"noise": "uniform", "noise_rate": 0.6, "epochs": 6}
+# Observed with tiny_config at 60% uniform noise, 6 epochs, seeds 0/1/2 (final test accuracy):
+# erm 0.655/0.565/0.62; ebomlc grad_q="bome" 0.63/0.51/0.67; ebomlc grad_q="difference" 0.825/0.79/0.825.
+# With "bome" the barrier keeps fitting the meta model's labels, which copy the given ones, and D' is
+# memorised (agreement with the noisy labels 0.78-0.83 against erm's 0.63-0.75); "difference" does not
+# (0.41-0.47).
+
+
+@pytest.mark.parametrize("grad_q", [
+    "difference",
+    pytest.param("bome", marks=pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
+        "grad_w Q = grad_w G(w) makes the barrier fit the noisy labels at this scale (see the numbers above)"))),
+])
+def test_ebomlc_beats_erm_under_60_percent_uniform_noise(tiny_config, grad_q):
+    config = dataclasses.replace(tiny_config, **SIXTY_PERCENT_UNIFORM)
+    histories = _histories(config, {"erm": {"method": "erm"},
+                                    "ebomlc": {"method": "ebomlc", "options": {"grad_q": grad_q}}})
+    final = {name: history[-1]["test_acc"] for name, history in histories.items()}
+    assert final["ebomlc"] > final["erm"] + 0.05, final
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
+    "not observed at this scale: the meta model learns to copy the given label in the first epoch (the mixture "
+    "upper loss of Eq. 9 rewards exactly that on D), so lc_acc stays at 1 - the realised noise rate (0.43)"))
+@pytest.mark.parametrize("grad_q", ["bome", "difference"])
+def test_ebomlc_label_correction_rises_above_the_given_labels(tiny_config, grad_q):
+    config = dataclasses.replace(tiny_config, **SIXTY_PERCENT_UNIFORM)
+    history = _histories(config, {"ebomlc": {"method": "ebomlc", "options": {"grad_q": grad_q}}})["ebomlc"]
+    lc_acc = [row["lc_acc"] for row in history]
     given_label_acc = 0.4          # uniform noise at rate 0.6 leaves 40% of the given labels right
-    assert max(lc_acc) > given_label_acc + 0.15, lc_acc
-    assert rows["ebomlc"][-1]["test_acc"] > rows["erm"][-1]["test_acc"], (rows["ebomlc"][-1], rows["erm"][-1])
+    assert max(lc_acc) > given_label_acc + 0.1, lc_acc

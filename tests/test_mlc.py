@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from ebomlc.bilevel import dot, lookahead_forward, lower_loss, sgd_lookahead, sq_norm, upper_loss
+from ebomlc.bilevel import dot, lookahead_forward, lower_loss, sq_norm, upper_loss
 from method_context import tiny_method
 
 

@@ -16,10 +16,14 @@ One step (equal clean and noisy batches cost 7 forward-units against 3 for plain
      grad_w F + xi beta-bar grad_w Q and the meta model's Adam with grad_alpha F + xi beta-bar grad_alpha Q.
 
 Choices the paper leaves open:
+- grad_w Q (option grad_q). "bome" (default, DESIGN.md): w_(1) is a constant as in BOME, so
+  grad_w Q = grad_w G(w). "difference": grad_w Q = grad_w G(w) - (grad_w G)(w_(1)), the quantity the
+  paper bounds after Eq. (8) and describes shrinking in Sec. VI-C3, and what the authors' public code
+  computes; the forward at w_(1) then keeps its graph for a backward (9 units, 3x). See
+  ebomlc.bilevel.value_gap_gradients.
 - k > 1 (the ablation of Fig. 7): k plain SGD steps on G from w, all on this step's noisy batch with its
-  corrected labels y~ (Algorithm 2 has one batch per step); Q = G(w) - G(w_k), grad_w Q = grad_w G(w),
-  grad_alpha Q = grad_alpha G(w) - grad_alpha G(w_k) with w_k a constant. Each extra step costs a
-  forward and a backward (3 units).
+  corrected labels y~ (Algorithm 2 has one batch per step); Q = G(w) - G(w_k), and grad Q as above with
+  w_k in place of w_(1). Each extra step costs a forward and a backward (3 units).
 - BatchNorm: the forwards at w (noisy and clean) update the running statistics as in plain training;
   the look-ahead forwards use batch statistics and record nothing (see ebomlc.bilevel).
 - ||grad Q||^2 = 0: a tiny epsilon in the denominator of beta-bar (ebomlc.bilevel.GRAD_Q_EPS).
@@ -30,15 +34,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebomlc.bilevel import (barrier_coefficient, mixture_upper_loss, set_grads, sq_norm, update_direction,
-                            value_gap_gradients)
+from ebomlc.bilevel import (GRAD_Q_FORMS, barrier_coefficient, mixture_upper_loss, set_grads, sq_norm,
+                            update_direction, value_gap_gradients)
+from ebomlc.config import ConfigError, TrialConfig
 from ebomlc.methods.base import Batch, EvalOutput, Method, MethodContext
 
 
 class EBOMLC(Method):
     name = "ebomlc"
     hyperparameters = {"rho": 0.2, "xi": 0.5, "delta": 0.25, "k": 1, "mixture": "probs"}
+    options = {"grad_q": "bome"}       # how grad_w Q treats the look-ahead: "bome" | "difference"
     sampling = "paired"
+
+    @classmethod
+    def validate_options(cls, config: TrialConfig) -> None:
+        if config.options["grad_q"] not in GRAD_Q_FORMS:
+            raise ConfigError(f"option grad_q must be one of {', '.join(GRAD_Q_FORMS)}, "
+                              f"got {config.options['grad_q']!r}")
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
@@ -51,7 +63,7 @@ class EBOMLC(Method):
 
         # lower level, noisy batch: gradients of Q (Eq. 8; Eq. 4 with w_k for k > 1)
         _, grad_w_q, grad_alpha_q = value_gap_gradients(self.model, self.meta_model, noisy.x, noisy.y,
-                                                        lr=self.lr, steps=c.k)
+                                                        lr=self.lr, steps=c.k, grad_q=c.options["grad_q"])
 
         # upper level, clean batch: the mixture loss F (Eq. 9) and its gradients in one backward
         logits, features = self.model(clean.x)                        # (B, K), (B, F)

@@ -69,7 +69,8 @@ class MLC(Method):
 
         # look-ahead w': the main optimiser's next iterate
         state = self.optimizer.state
-        buffers = [state[p]["momentum_buffer"] for p in params] if all("momentum_buffer" in state[p] for p in params) else None
+        has_buffers = all("momentum_buffer" in state[p] for p in params)      # not before the first step
+        buffers = [state[p]["momentum_buffer"] for p in params] if has_buffers else None
         lookahead = sgd_lookahead([p.detach() for p in params], grad_w_g, lr, momentum=c.momentum,
                                   weight_decay=c.weight_decay, momentum_buffers=buffers)
         lookahead = [w.requires_grad_() for w in lookahead]

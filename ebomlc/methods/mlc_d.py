@@ -16,8 +16,9 @@ Choices the paper leaves open:
   noise). The cost is that of reusing one batch: k forward+backward passes plus a forward at w_k; the
   step-cost benchmark runs this code.
 - Algorithm 1 writes Q with w_{k-1}^t (line 8); we use w_k, the result of the k inner steps (line 5).
-- grad_w Q = grad_w G(w, alpha) with w_k a constant (BOME); the inner steps are plain SGD with the main
-  model's current learning rate.
+- grad_w Q (option grad_q): "bome" (default) grad_w G(w, alpha) with w_k a constant, as in BOME;
+  "difference" grad_w G(w) - (grad_w G)(w_k), as the authors' public code computes (a backward more).
+  The inner steps are plain SGD with the main model's current learning rate.
 - BatchNorm and the ||grad Q|| = 0 guard as in EBOMLC (see ebomlc.bilevel).
 """
 from __future__ import annotations
@@ -25,14 +26,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ebomlc.bilevel import barrier_coefficient, set_grads, sq_norm, update_direction, upper_loss, value_gap_gradients
+from ebomlc.bilevel import (GRAD_Q_FORMS, barrier_coefficient, set_grads, sq_norm, update_direction, upper_loss,
+                            value_gap_gradients)
+from ebomlc.config import ConfigError, TrialConfig
 from ebomlc.methods.base import Batch, EvalOutput, Method, MethodContext
 
 
 class MLCD(Method):
     name = "mlc_d"
     hyperparameters = {"delta": 0.25, "k": 5}
+    options = {"grad_q": "bome"}       # how grad_w Q treats the look-ahead: "bome" | "difference"
     sampling = "paired"
+
+    @classmethod
+    def validate_options(cls, config: TrialConfig) -> None:
+        if config.options["grad_q"] not in GRAD_Q_FORMS:
+            raise ConfigError(f"option grad_q must be one of {', '.join(GRAD_Q_FORMS)}, "
+                              f"got {config.options['grad_q']!r}")
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
@@ -52,7 +62,8 @@ class MLCD(Method):
 
         # lower level: k inner SGD steps, gradients of Q (Eq. 4)
         _, grad_w_q, grad_alpha_q = value_gap_gradients(self.model, self.meta_model, noisy.x, noisy.y,
-                                                        lr=self.lr, steps=c.k, fresh_batch=self.random_noisy_batch)
+                                                        lr=self.lr, steps=c.k, fresh_batch=self.random_noisy_batch,
+                                                        grad_q=c.options["grad_q"])
 
         # upper level: plain cross-entropy on the clean batch (Eq. 2), which does not depend on alpha
         logits, _ = self.model(clean.x)
