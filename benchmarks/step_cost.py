@@ -2,7 +2,7 @@
 
     python benchmarks/step_cost.py                                  # ResNet-32, batch 100, CPU, 2 threads
     python benchmarks/step_cost.py --steps 20 --json step_cost.json
-    python benchmarks/step_cost.py --keep-memory                    # without glibc's page-fault churn
+    python benchmarks/step_cost.py --glibc-default                  # glibc's own malloc settings
     python benchmarks/step_cost.py --model resnet8 --steps 3        # a smoke run in seconds
 
 Every method is built through the same MethodContext the trainer uses, on random 32x32 images with 10
@@ -16,17 +16,17 @@ a shared machine the two can differ a lot). On CUDA each step is synchronised be
 Paper's cost model (Sec. V, DESIGN.md): EBOMLC (k = 1) does 7 forward-units per step against erm's 3,
 2.33x; each extra look-ahead step adds 3 units; MLC-D (k = 5) should cost at least twice EBOMLC.
 
-Memory on CPU: by default glibc returns freed memory to the OS, so every step pays page faults for
-the activations it frees and re-allocates, more for methods with more passes (EBOMLC: 50-100k faults per
-ResNet-32 step, 2.49x erm against 2.40x with the flag; erm alone: almost none). `--keep-memory` tunes glibc (mallopt) to keep freed memory in
-the process, which measures the passes themselves, like a GPU's caching allocator does.
+Memory on CPU: the trainer (ebomlc.train.keep_freed_cpu_memory) makes glibc keep freed memory in the
+process, so a step reuses the memory of the one before instead of paying page faults for it; this
+benchmark does the same, so it times what training runs. `--glibc-default` leaves glibc's settings,
+under which every step re-faults the activations it frees (EBOMLC: 50-100k faults per ResNet-32 step,
+erm almost none), which raises the ratios of the methods with more passes.
 
 Add a method (or a variant with other hyper-parameters) to VARIANTS to benchmark it too.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
@@ -37,6 +37,7 @@ import torch
 from ebomlc.config import TrialConfig
 from ebomlc.methods import METHODS, Batch, Method, MethodContext
 from ebomlc.models import MetaLabelCorrector, build_resnet
+from ebomlc.train import keep_freed_cpu_memory
 
 # benchmark name -> (method, config overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -90,14 +91,6 @@ def build_method(method: str, overrides: dict, args, device: torch.device) -> tu
     return method_object, noisy, clean
 
 
-def keep_freed_memory() -> None:
-    """glibc: keep freed heap memory (no trimming below 1 GiB) and serve blocks up to 32 MiB from the heap."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30)):
-        raise RuntimeError("mallopt refused the settings; run without --keep-memory")
-
-
 def timed_step(method: Method, noisy: Batch, clean: Batch, device: torch.device) -> float:
     """Milliseconds of one step."""
     start = time.perf_counter()
@@ -116,16 +109,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--keep-memory", action="store_true",
-                        help="glibc: keep freed memory in the process (no page-fault churn between steps)")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's malloc settings (the trainer keeps freed memory; this measures without)")
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", help="write {'ms': ..., 'ratio_to_erm': ...} here")
     args = parser.parse_args(argv)
     if "erm" not in args.methods:
         parser.error("--methods must include erm (the ratios are to erm)")
 
-    if args.keep_memory:
-        keep_freed_memory()
+    if args.device == "cpu" and not args.glibc_default and not keep_freed_cpu_memory():
+        print("note: not glibc, malloc settings left as they are", file=sys.stderr)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     runs = {name: build_method(*VARIANTS[name], args, device) for name in args.methods}
@@ -143,7 +136,7 @@ def main(argv=None) -> dict:
     result = {"ms": ms, "ratio_to_erm": {name: value / ms["erm"] for name, value in ms.items()}}
     print(f"{args.model} width {args.width}, batch {args.batch_size} (+{args.batch_size} clean for paired methods), "
           f"{device.type}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up"
-          + (", freed memory kept (--keep-memory)" if args.keep_memory else ""))
+          + (", glibc malloc defaults (--glibc-default)" if args.glibc_default else ""))
     # the fastest step is the one least disturbed by other load on the machine: a second estimate
     fastest = {name: min(values) for name, values in times.items()}
     print(f"{'method':<16}{'ms/step':>10}{'x erm':>8}{'IQR ms':>10}{'min ms':>10}{'min x erm':>11}")

@@ -8,7 +8,9 @@ Writes synthetic rows (2 datasets x 10 methods x 5 noise settings x `--trials-pe
 K = 10 / 100, as real ones do) with ebomlc.results.write_trial, one file per trial and table as a sweep writes
 them, then times, each on its own: reading the trials, building and printing every dataset's table
 (what `python analysis/tables.py --results DIR` does after start-up), reading the epochs (what the figures
-read), and the whole `python analysis/tables.py` command in a fresh process. Target: trials + tables < 2 s.
+read), and the whole `python analysis/tables.py` command in a fresh process; first on the files as a
+running sweep leaves them (one per trial), then after `ebomlc.results.compact` (what a finished sweep
+leaves: one file per partition). Target: trials + tables < 2 s.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from analysis import tables  # noqa: E402
 from analysis.load import METHOD_NAMES, load  # noqa: E402
-from ebomlc.results import write_trial  # noqa: E402
+from ebomlc.results import compact, write_trial  # noqa: E402
 
 DATASETS = ("cifar10", "cifar100")
 CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -101,25 +103,40 @@ def main(argv: list[str] | None = None) -> int:
         trials_written = len(DATASETS) * len(METHOD_NAMES) * len(RATES) * args.trials_per_cell
         print(f"wrote {trials_written} trials and {rows} epoch rows in {time.perf_counter() - started:.1f}s")
 
-        clock = Clock()
-        trials = load(root, "trials")
-        read_trials = clock.lap()
-        text = "\n".join(tables.to_markdown(tables.build_table(trials, d)) for d in DATASETS)
+        text = None
+        for layout in ("one file per trial (a running sweep)", "compacted (a finished sweep)"):
+            if layout.startswith("compacted"):
+                started = time.perf_counter()
+                compact(root)
+                print(f"compacted in {time.perf_counter() - started:.1f}s")
+            text = time_reads(root, rows, layout, text)
+    return 0
+
+
+def time_reads(root: str, rows: int, layout: str, expected_text: str | None) -> str:
+    """Time reading and printing the tables of `root` (see the module docstring); returns the tables' text."""
+    clock = Clock()
+    trials = load(root, "trials")
+    read_trials = clock.lap()
+    text = "\n".join(tables.to_markdown(tables.build_table(trials, d)) for d in DATASETS)
+    if expected_text is None:
         print(text)
-        build = clock.lap()
-        epochs = load(root, "epochs", trials=trials)
-        read_epochs = clock.lap()
-        script = Path(__file__).resolve().parent.parent / "analysis" / "tables.py"
-        command = subprocess.run([sys.executable, str(script), "--results", root], capture_output=True, text=True,
-                                 check=True)
-        fresh = clock.lap()
-        assert len(epochs) == rows and command.stdout.strip() == text.strip()
-        print("wall seconds (CPU seconds of this process, all threads; the fresh process: wall only)")
-        print(f"read trials ({len(trials)} rows): {read_trials}")
-        print(f"build + print {len(DATASETS)} tables: {build}")
-        print(f"read trials + tables: {read_trials + build} (target < 2 s wall)")
-        print(f"read epochs ({len(epochs)} rows, joined to trials): {read_epochs}")
-        print(f"`python analysis/tables.py` in a fresh process (start-up and imports included): {fresh.wall:.3f}s")
+    build = clock.lap()
+    epochs = load(root, "epochs", trials=trials)
+    read_epochs = clock.lap()
+    script = Path(__file__).resolve().parent.parent / "analysis" / "tables.py"
+    command = subprocess.run([sys.executable, str(script), "--results", root], capture_output=True, text=True,
+                             check=True)
+    fresh = clock.lap()
+    assert len(epochs) == rows and command.stdout.strip() == text.strip()
+    assert expected_text is None or text == expected_text, "compaction changed the tables"
+    print(f"\n{layout}: wall seconds (CPU seconds of this process, all threads; the fresh process: wall only)")
+    print(f"read trials ({len(trials)} rows): {read_trials}")
+    print(f"build + print {len(DATASETS)} tables: {build}")
+    print(f"read trials + tables: {read_trials + build} (target < 2 s wall)")
+    print(f"read epochs ({len(epochs)} rows, joined to trials): {read_epochs}")
+    print(f"`python analysis/tables.py` in a fresh process (start-up and imports included): {fresh.wall:.3f}s")
+    return text
     return 0
 
 

@@ -4,6 +4,7 @@
     python -m ebomlc train --method ebomlc --dataset cifar10 --data-root data --noise uniform_any \\
         --noise-rate 0.4 --rho 0.2 --xi 0.5 --epochs 120 --out results/cifar10
     python -m ebomlc methods            # the registered methods and their hyper-parameters
+    python -m ebomlc compact results/cifar10   # merge a results folder's per-trial files (faster reads)
 
 Every TrialConfig field is a flag (`--noise-rate`, `--clean-fraction`, ...); method options that are
 not common fields go in `--option NAME=VALUE` (repeatable). The trial's rows are written to --out in the
@@ -21,6 +22,10 @@ import typing
 from ebomlc.config import ConfigError, TrialConfig
 
 _SKIP = {"options", "noise_matrix", "lr_milestones", "download"}
+# None means "the method's default" for these; for the other fields it means unset (see TrialConfig)
+_METHOD_DEFAULTED = {"rho", "xi", "delta", "k", "mixture"}
+_UNSET_HELP = {"data_root": "$EBOMLC_DATA, else ./data", "train_subset": "all training images",
+               "human_label_file": "<data root>/CIFAR-10_human.pt or CIFAR-100_human.pt"}
 
 
 def _parse_value(text: str):
@@ -42,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         kind = hints[f.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        help_text = f"default: {getattr(defaults, f.name)!r}" + (" (the method's default)" if getattr(defaults, f.name) is None else "")
+        default = getattr(defaults, f.name)
+        if default is not None:
+            help_text = f"default: {default!r}"
+        elif f.name in _METHOD_DEFAULTED:
+            help_text = "default: the method's (python -m ebomlc methods)"
+        else:
+            help_text = f"default: {_UNSET_HELP.get(f.name, 'none')}"
         train.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=base, default=None, help=help_text)
     train.add_argument("--download", action="store_true", help="download CIFAR if missing (official MD5)")
     train.add_argument("--noise-matrix", dest="noise_matrix", type=json.loads, default=None,
@@ -54,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="results/cli", help="results folder or URI (default: results/cli)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     commands.add_parser("methods", help="list the methods and their hyper-parameters")
+    compact = commands.add_parser("compact", help="merge a results folder's per-trial Parquet files, one per "
+                                                  "partition (reads get faster; safe while trials are written)")
+    compact.add_argument("results", help="results folder or URI (the one holding trials/ and epochs/)")
     return parser
 
 
@@ -109,10 +123,25 @@ def _methods() -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    import pyarrow.fs as pafs
+
+    from ebomlc.results import compact, filesystem
+
+    fs, base = filesystem(args.results)
+    if not any(fs.get_file_info(f"{base}/{table}").type == pafs.FileType.Directory for table in ("trials", "epochs")):
+        raise ConfigError(f"{args.results} holds no trials/ or epochs/ folder; give the folder a sweep or "
+                          f"`train --out` wrote")
+    merged = compact(args.results)
+    print(f"compacted {args.results}: {merged['trials']} trial files and {merged['epochs']} epoch files merged away")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"train": _train, "methods": lambda _: _methods(), "compact": _compact}
     try:
-        return _train(args) if args.command == "train" else _methods()
+        return commands[args.command](args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

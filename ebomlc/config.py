@@ -75,7 +75,7 @@ class TrialConfig:
     # running
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500           # images per forward in evaluation: memory, not results (not in trial_id)
 
     # ---------------------------------------------------------------- construction
 
@@ -172,10 +172,12 @@ class TrialConfig:
         return values
 
     def trial_id(self) -> str:
-        """A stable id derived from everything that changes the result (not device or data_root)."""
+        """A stable id derived from everything that changes the result (not device, data_root, download or
+        eval_batch_size)."""
         import hashlib
 
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("device", "data_root", "download")}
+        identity = {k: v for k, v in self.to_dict().items()
+                    if k not in ("device", "data_root", "download", "eval_batch_size")}
         text = json.dumps(identity, sort_keys=True, default=list)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 

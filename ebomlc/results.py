@@ -6,7 +6,14 @@ Layout under a storage root (a local folder or a `s3://` / `gs://` URI, through 
     <root>/epochs/dataset=<d>/method=<m>/<trial_id>.parquet   one row per trial-epoch
 
 Each file is written whole to a temporary name and then renamed, so a crash never leaves half a file and
-a reader (`pandas.read_parquet("<root>/trials")`) sees only finished trials. The schemas are fixed
+a reader (`pandas.read_parquet("<root>/trials")`) sees only finished trials. Every row carries the UTC
+time its trial was written (`written_at`).
+
+Compaction (`compact`, run by tune/sweep.py when a sweep ends, or `python -m ebomlc compact ROOT`) merges
+each partition's files into one `part-<id>.parquet`: one file to open instead of one per trial, which is
+most of the time it takes to read a large sweep. A crash inside it, or a trial written again after it,
+can leave a trial's rows twice; `read_table` keeps only each trial's latest write, so readers never see
+that (a plain `pandas.read_parquet` could, in that window). The schemas are fixed
 (`TRIAL_SCHEMA`, `EPOCH_SCHEMA`): a method's metric that is not listed here is an error, not a silently
 dropped column, and files of different methods always read back as one table.
 
@@ -18,6 +25,7 @@ Accuracy columns say which protocol they follow:
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import uuid
@@ -50,6 +58,8 @@ EPOCH_METRICS = {
     "lc_acc": "label-correction accuracy: argmax of the meta model on D' against the true labels",
     "lc_acc_corrupted": "label-correction accuracy on the samples of D' whose label was corrupted",
     "lc_acc_uncorrupted": "label-correction accuracy on the samples of D' whose label was already right",
+    "lc_true_prob_corrupted": "mean probability the meta model gives the true label on the corrupted samples of "
+                              "D' (soft correction; 1/K for a uniform guess, 0 for a copy of the given label)",
     "weight_mean": "mean example weight (L2RW, MW-Net, PMW-Net)",
     "weight_positive_fraction_mean": "fraction of the noisy batch given a positive weight (L2RW)",
     "kept_fraction_mean": "fraction of the batch used for the update (Co-teaching+)",
@@ -83,6 +93,7 @@ TRIAL_SCHEMA = pa.schema([
     ("epochs_done", pa.int64()), ("train_time_s", pa.float64()), ("wall_time_s", pa.float64()),
     ("device", pa.string()), ("device_name", pa.string()), ("node_id", pa.string()),
     ("ebomlc_version", pa.string()), ("torch_version", pa.string()),
+    ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 
 EPOCH_SCHEMA = pa.schema([
@@ -91,6 +102,7 @@ EPOCH_SCHEMA = pa.schema([
     ("seed", pa.int64()), ("rho", pa.float64()), ("xi", pa.float64()), ("delta", pa.float64()), ("k", pa.int64()),
     ("epoch", pa.int64()),
     *[(name, pa.float64()) for name in EPOCH_METRICS],
+    ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 
 
@@ -128,8 +140,9 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
 def write_trial(root: str, trial_row: dict[str, Any], epoch_rows: list[dict[str, Any]]) -> None:
     """Write one finished trial's rows (atomically per file) under `root`; replaces an earlier copy."""
     fs, base = filesystem(root)
+    written_at = datetime.datetime.now(datetime.timezone.utc)
     for table_name, rows, schema in (("trials", [trial_row], TRIAL_SCHEMA), ("epochs", epoch_rows, EPOCH_SCHEMA)):
-        table = _table(rows, schema)
+        table = _table([{**row, "written_at": written_at} for row in rows], schema)
         folder = "/".join([base, table_name] + [f"{p}={trial_row[p]}" for p in PARTITIONS])
         fs.create_dir(folder, recursive=True)
         final = f"{folder}/{trial_row['trial_id']}.parquet"
@@ -142,21 +155,83 @@ def _partitioning() -> ds.Partitioning:
     return ds.partitioning(pa.schema([(p, pa.string()) for p in PARTITIONS]), flavor="hive")
 
 
+def _dataset(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> ds.Dataset:
+    file_schema = pa.schema([f for f in schema if f.name not in PARTITIONS])
+    file_schema = pa.unify_schemas([file_schema, pa.schema([(p, pa.string()) for p in PARTITIONS])])
+    return ds.dataset(path, filesystem=fs, format="parquet", partitioning=_partitioning(), schema=file_schema,
+                      exclude_invalid_files=False, ignore_prefixes=[".", "_"])
+
+
+def latest_writes(table: pa.Table) -> pa.Table:
+    """Each trial's rows from its latest write only, once each (compaction can leave a trial's rows twice,
+    see the module docstring). Rows without `written_at` (written before it existed) count as oldest."""
+    if table.num_rows == 0 or "written_at" not in table.column_names:
+        return table
+    key = ["trial_id", "epoch"] if "epoch" in table.column_names else ["trial_id"]
+    frame = table.select(key + ["written_at"]).to_pandas()
+    if not frame.duplicated(key).any():
+        return table                                                 # the usual case: nothing to drop
+    newest = frame.groupby("trial_id")["written_at"].transform("max")
+    frame["row"] = range(len(frame))
+    latest = frame[(frame["written_at"] == newest) | newest.isna()].drop_duplicates(key)
+    return table.take(pa.array(latest["row"].to_numpy()))
+
+
 def read_table(root: str, table: str = "trials", filter=None, columns: list[str] | None = None):
     """Read `trials` or `epochs` under `root` as a pandas DataFrame (empty with the right columns if none);
-    `columns` reads only those (a big sweep's confusion matrices are worth skipping)."""
+    `columns` reads only those (a big sweep's confusion matrices are worth skipping). Each trial's rows
+    come from its latest write only (`latest_writes`)."""
     schema = TRIAL_SCHEMA if table == "trials" else EPOCH_SCHEMA
     fs, base = filesystem(root)
     path = f"{base}/{table}"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         empty = schema.empty_table()
         return (empty.select(columns) if columns else empty).to_pandas()
-    file_schema = pa.schema([f for f in schema if f.name not in PARTITIONS])
-    file_schema = pa.unify_schemas([file_schema, pa.schema([(p, pa.string()) for p in PARTITIONS])])
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=_partitioning(),
-                         schema=file_schema, exclude_invalid_files=False,
-                         ignore_prefixes=[".", "_"])
-    return dataset.to_table(filter=filter, columns=columns).to_pandas()
+    keys = ["trial_id", "written_at"] + (["epoch"] if table == "epochs" else [])
+    read_columns = None if columns is None else list(dict.fromkeys(list(columns) + keys))
+    try:
+        result = _dataset(fs, path, schema).to_table(filter=filter, columns=read_columns)
+    except FileNotFoundError:      # a compaction removed a file between listing and reading: list again
+        result = _dataset(fs, path, schema).to_table(filter=filter, columns=read_columns)
+    result = latest_writes(result)
+    return (result.select(columns) if columns is not None else result).to_pandas()
+
+
+def compact(root: str) -> dict[str, int]:
+    """Merge each partition's files under `root` into one file; returns {table: files merged away}.
+
+    Per partition folder with more than one file: read them, write their rows (each trial's latest write)
+    to `part-<uuid>.parquet` atomically, then delete exactly the files that were read, so trials written
+    meanwhile are kept. Safe to interrupt and to run while trials are being written (see the module
+    docstring); idempotent.
+    """
+    fs, base = filesystem(root)
+    merged = {}
+    for table_name, schema in (("trials", TRIAL_SCHEMA), ("epochs", EPOCH_SCHEMA)):
+        merged[table_name] = 0
+        path = f"{base}/{table_name}"
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            continue
+        folders: dict[str, list[str]] = {}
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            name = info.base_name
+            if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith((".", "_")):
+                folders.setdefault(info.path.rsplit("/", 1)[0], []).append(info.path)
+        file_schema = pa.schema([f for f in schema if f.name not in PARTITIONS])
+        for folder, files in sorted(folders.items()):
+            if len(files) < 2:
+                continue
+            rows = latest_writes(ds.dataset(files, filesystem=fs, format="parquet", schema=file_schema).to_table())
+            temporary = f"{folder}/.part.{uuid.uuid4().hex}.tmp"
+            pq.write_table(rows, temporary, filesystem=fs)
+            fs.move(temporary, f"{folder}/part-{uuid.uuid4().hex}.parquet")
+            for file in files:
+                try:
+                    fs.delete_file(file)
+                except FileNotFoundError:      # another compaction took it first; its rows are in its part
+                    pass
+            merged[table_name] += len(files) - 1
+    return merged
 
 
 def finished_trial_ids(root: str) -> set[str]:

@@ -154,6 +154,9 @@ def test_smoke_sweep_writes_every_trial_once_and_a_rerun_starts_nothing(cluster,
     assert set(trials["status"]) == {"ok"} and set(trials["experiment"]) == {"smoke"}
     assert trials["node_id"].notna().all()
     assert len(epochs) == len(expected) * 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    partitions = set(zip(trials["dataset"], trials["method"]))       # compacted when the sweep ended
+    for table in ("trials", "epochs"):
+        assert len(list((tmp_path / "smoke" / table).rglob("*.parquet"))) == len(partitions) < len(expected)
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "smoke").rglob("*.parquet")}
 
     assert sweep.main(["--storage", str(tmp_path), "--resume"]) == 0

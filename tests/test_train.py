@@ -78,3 +78,30 @@ def test_learning_rate_drops_at_the_milestones(tiny_config):
     rows, _, report = collect()
     run_trial(config, report)
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_label_correction_diagnostics_on_a_hand_worked_set():
+    """evaluate_set against counts worked out by hand: 4 samples of D', K = 3, the meta model's
+    distributions fixed; samples 1 and 3 have corrupted labels."""
+    from types import SimpleNamespace
+
+    from ebomlc.methods.base import EvalOutput
+    from ebomlc.train import evaluate_set
+
+    corrected = torch.tensor([[0.7, 0.2, 0.1],     # given 0, true 0: kept (right)
+                              [0.6, 0.3, 0.1],     # given 0, true 1: copied the wrong label, p(true) = 0.3
+                              [0.1, 0.1, 0.8],     # given 2, true 2: kept (right)
+                              [0.2, 0.5, 0.3]])    # given 2, true 1: corrected, p(true) = 0.5
+    logits = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]]))
+    given, true = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 1, 2, 1])
+    method = SimpleNamespace(evaluate=lambda x, y: EvalOutput(logits[x[:, 0].long()], corrected[x[:, 0].long()]))
+    ctx = SimpleNamespace(num_classes=3, batches=lambda images: ((s, images[s:s + 3]) for s in range(0, 4, 3)))
+    sums = evaluate_set(method, ctx, torch.arange(4.0)[:, None], given, true)
+
+    assert sums["confusion"].tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]     # rows: true, columns: argmax g
+    assert int(sums["lc_correct_corrupted"]) == 1 and int(sums["lc_correct_uncorrupted"]) == 2
+    assert int(sums["num_corrupted"]) == 2
+    assert float(sums["lc_true_prob_corrupted"]) == pytest.approx(0.3 + 0.5)
+    assert int(sums["correct"]) == 3 and int(sums["agree_given"]) == 3           # main model vs true / given
+    expected_lower = -(corrected * logits).sum()                                 # Eq. (3), summed
+    assert float(sums["lower"]) == pytest.approx(float(expected_lower))

@@ -68,7 +68,7 @@ import yaml  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
 from ebomlc.config import ConfigError, TrialConfig  # noqa: E402
-from ebomlc.results import config_columns, filesystem, read_table, write_trial  # noqa: E402
+from ebomlc.results import compact, config_columns, filesystem, read_table, write_trial  # noqa: E402
 from ebomlc.train import prepare  # noqa: E402
 from tune.grid import NOISE_FIELDS, PRESETS  # noqa: E402
 from tune.sweep import run as run_grid  # noqa: E402
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if owns_ray:
             ray.shutdown()
+    for root in (results, experiment_root(args.storage, f"{name}-final")):
+        compact(root)                              # one file per partition: fast reads (ebomlc.results)
     print_outputs(results, storage.url, args.final_seeds, experiment_root(args.storage, f"{name}-final"))
     return max(statuses)
 

@@ -43,7 +43,7 @@ from ray import tune  # noqa: E402  (Ray Tune; this folder's own modules are imp
 from ray.tune import Callback  # noqa: E402
 
 from ebomlc.config import ConfigError, TrialConfig  # noqa: E402
-from ebomlc.results import config_columns, filesystem, read_table, write_trial  # noqa: E402
+from ebomlc.results import compact, config_columns, filesystem, read_table, write_trial  # noqa: E402
 from ebomlc.train import prepare  # noqa: E402
 from tune.grid import expand, hyperparameter_text, preset_path, read_spec  # noqa: E402
 from tune.trainable import train_trial, trial_name  # noqa: E402
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = args.gpus_per_trial or 0.0
     if pending:
         run_ids, gpus = run(args, name, results, pending)
+        compact(results)                           # one file per partition: fast reads (ebomlc.results)
     return print_summary(name, results, configs, finished, run_ids - finished, gpus, args.cpus_per_trial,
                          time.perf_counter() - started)
 

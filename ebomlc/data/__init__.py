@@ -34,13 +34,16 @@ __all__ = ["TrialData", "build_trial_data", "check_data"]
 
 @dataclass
 class TrialData:
-    """Everything a trial trains and evaluates on, on the CPU (the trainer moves it to the device)."""
+    """Everything a trial trains and evaluates on, on the CPU (the trainer moves it to the device).
 
-    clean_x: Tensor                     # (M, C, H, W) uint8: training part of the clean set D
+    The training images are one tensor, D' then D then D's validation part, and `noisy_x`, `clean_x`,
+    `val_x` are slices of it: D' and D together (what plain training samples from) are a slice too, so a
+    trial holds each training image once.
+    """
+
+    train_x: Tensor                     # (N + M + V, C, H, W) uint8: D', then D, then its validation part
     clean_y: Tensor                     # (M,) int64 true labels
-    val_x: Tensor                       # (V, C, H, W) uint8: validation part of D (V = 0 without one)
     val_y: Tensor                       # (V,) int64
-    noisy_x: Tensor                     # (N, C, H, W) uint8: the noisy set D'
     noisy_y: Tensor                     # (N,) int64 noisy labels
     noisy_true_y: Tensor                # (N,) int64 true labels of D' (diagnostics only, never to a method)
     test_x: Tensor                      # (T, C, H, W) uint8
@@ -51,6 +54,22 @@ class TrialData:
     std: tuple[float, float, float]     # per-channel standard deviation, same units
     transition: np.ndarray              # (K, K) P(noisy = j | true = i): nominal, or empirical on D' for human noise
     realised_noise_rate: float          # fraction of D' whose noisy label != true label
+
+    @property
+    def noisy_x(self) -> Tensor:
+        """(N, C, H, W) uint8: the noisy set D'."""
+        return self.train_x[:len(self.noisy_y)]
+
+    @property
+    def clean_x(self) -> Tensor:
+        """(M, C, H, W) uint8: the training part of the clean set D."""
+        n = len(self.noisy_y)
+        return self.train_x[n:n + len(self.clean_y)]
+
+    @property
+    def val_x(self) -> Tensor:
+        """(V, C, H, W) uint8: the validation part of D (V = 0 without one)."""
+        return self.train_x[len(self.noisy_y) + len(self.clean_y):]
 
 
 def check_data(config) -> None:
@@ -128,13 +147,10 @@ def build_trial_data(config) -> TrialData:
         transition = transition_matrix(config.noise, config.noise_rate, num_classes, rng, matrix=config.noise_matrix)
         noisy_y = corrupt_labels(true_y, transition, rng)
 
-    def images(positions):
-        return data.train_x[torch.from_numpy(positions)]
-
     return TrialData(
-        clean_x=images(clean), clean_y=torch.from_numpy(train_y[clean]),
-        val_x=images(val), val_y=torch.from_numpy(train_y[val]),
-        noisy_x=images(noisy), noisy_y=torch.from_numpy(noisy_y), noisy_true_y=torch.from_numpy(true_y),
+        train_x=data.train_x[torch.from_numpy(np.concatenate([noisy, clean, val]))],   # one gather, one copy
+        clean_y=torch.from_numpy(train_y[clean]), val_y=torch.from_numpy(train_y[val]),
+        noisy_y=torch.from_numpy(noisy_y), noisy_true_y=torch.from_numpy(true_y),
         test_x=data.test_x, test_y=data.test_y, num_classes=num_classes, class_names=data.class_names,
         mean=mean, std=std, transition=transition, realised_noise_rate=realised_noise_rate(true_y, noisy_y))
 
