@@ -265,7 +265,8 @@ def run_trial(config: TrialConfig, report: Report | None = None,
         return build_resnet(config.model, num_classes, config.width).to(device)
 
     def build_meta_model():
-        return MetaLabelCorrector(4 * config.width, num_classes).to(device)
+        return MetaLabelCorrector(4 * config.width, num_classes,
+                                  embedding_init=config.options["meta_embedding_init"]).to(device)
 
     ctx = MethodContext(
         config=config, num_classes=num_classes, device=device,

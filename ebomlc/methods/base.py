@@ -26,9 +26,20 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ebomlc.config import TrialConfig
+from ebomlc.config import ConfigError, TrialConfig
+from ebomlc.models.meta import EMBEDDING_INITS
 
 SAMPLING_MODES = ("paired", "noisy", "union")
+
+# The option every method with a meta model g_alpha has (ebomlc, mlc_d, mlc): see ebomlc.models.meta
+META_MODEL_OPTIONS = {"meta_embedding_init": "xavier"}
+
+
+def check_meta_model_options(config: TrialConfig) -> None:
+    """Validate META_MODEL_OPTIONS in a method's (filled-in) options."""
+    if config.options["meta_embedding_init"] not in EMBEDDING_INITS:
+        raise ConfigError(f"option meta_embedding_init must be one of {', '.join(EMBEDDING_INITS)}, "
+                          f"got {config.options['meta_embedding_init']!r}")
 
 
 class Batch(NamedTuple):

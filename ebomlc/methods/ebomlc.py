@@ -37,17 +37,19 @@ from torch import Tensor
 from ebomlc.bilevel import (GRAD_Q_FORMS, barrier_coefficient, mixture_upper_loss, set_grads, sq_norm,
                             update_direction, value_gap_gradients)
 from ebomlc.config import ConfigError, TrialConfig
-from ebomlc.methods.base import Batch, EvalOutput, Method, MethodContext
+from ebomlc.methods.base import (META_MODEL_OPTIONS, Batch, EvalOutput, Method, MethodContext,
+                                 check_meta_model_options)
 
 
 class EBOMLC(Method):
     name = "ebomlc"
     hyperparameters = {"rho": 0.2, "xi": 0.5, "delta": 0.25, "k": 1, "mixture": "probs"}
-    options = {"grad_q": "bome"}       # how grad_w Q treats the look-ahead: "bome" | "difference"
+    options = {"grad_q": "bome", **META_MODEL_OPTIONS}   # grad_q: how grad_w Q treats the look-ahead
     sampling = "paired"
 
     @classmethod
     def validate_options(cls, config: TrialConfig) -> None:
+        check_meta_model_options(config)
         if config.options["grad_q"] not in GRAD_Q_FORMS:
             raise ConfigError(f"option grad_q must be one of {', '.join(GRAD_Q_FORMS)}, "
                               f"got {config.options['grad_q']!r}")

@@ -26,28 +26,48 @@ leaves them open:
   discounted by gamma = (1 - eta) <v, grad_w F(w)> / ||grad_w F(w)||^2, with grad_w F(w) the clean-batch
   gradient at the current w (their identity-Hessian approximation). That needs one more clean forward
   and backward, at w, for k > 1 only. Default k = 1 (their default) makes the discount irrelevant.
-- Their default variant `hmlc_K_mix` also trains the main model on half of each clean batch; we use the
-  plain `hmlc_K` form of Eq. (1): G on the noisy batch only, the whole clean batch for the meta gradient.
-- BatchNorm: only the noisy forward at w updates the running statistics; the look-ahead passes record
-  nothing (ebomlc.bilevel.lookahead_forward). Their code swapped the weights in place, so its look-ahead
-  forward also updated the running statistics.
+- Option clean_mix (default True): their default variant `hmlc_K_mix`, which the published MLC numbers
+  come from. Each clean batch is split in two halves: the first is the meta batch of F (steps 3-4), the
+  second is added to the main model's training loss, L = (B G + B_c CE(f_w(x_c2), y_c2)) / (B + B_c) with
+  B, B_c the two batch sizes; w' and the main step use grad_w L, and the hypergradient is that of the
+  noisy share B / (B + B_c) of L (the clean part does not depend on alpha). With clean_mix False it is
+  their `hmlc_K`, the plain form of Eq. (1): G on the noisy batch only, the whole clean batch for F. Without
+  the clean half the main model learns only from the meta model's labels, which start as a random
+  network's: at 60% noise on small data it then trails plain training by far.
+- BatchNorm: only the forwards at w that train the main model (the noisy batch, and the clean half with
+  clean_mix) update the running statistics, each batch on its own as in their code; the look-ahead passes
+  record nothing (ebomlc.bilevel.lookahead_forward). Their code swapped the weights in place, so its
+  look-ahead forward also updated the running statistics.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ebomlc.bilevel import (GRAD_Q_EPS, dot, lookahead_forward, lookahead_hypergradient, lower_loss, set_grads,
                             sgd_lookahead, sq_norm, upper_loss)
-from ebomlc.methods.base import Batch, EvalOutput, Method, MethodContext
+from ebomlc.config import ConfigError, TrialConfig
+from ebomlc.methods.base import (META_MODEL_OPTIONS, Batch, EvalOutput, Method, MethodContext,
+                                 check_meta_model_options)
 
 
 class MLC(Method):
     name = "mlc"
     hyperparameters = {"k": 1}
+    options = {"clean_mix": True, **META_MODEL_OPTIONS}   # clean_mix: half of each clean batch in the main loss
     sampling = "paired"
+
+    @classmethod
+    def validate_options(cls, config: TrialConfig) -> None:
+        check_meta_model_options(config)
+        if not isinstance(config.options["clean_mix"], bool):
+            raise ConfigError(f"option clean_mix must be true or false, got {config.options['clean_mix']!r}")
+        if config.options["clean_mix"] and config.clean_batch_size < 2:
+            raise ConfigError(f"option clean_mix splits each clean batch in two, so clean_batch_size must be "
+                              f">= 2, got {config.clean_batch_size}; raise it or set clean_mix=false")
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
@@ -61,11 +81,19 @@ class MLC(Method):
         params, meta_params = list(self.model.parameters()), list(self.meta_model.parameters())
         names = [name for name, _ in self.model.named_parameters()]
 
-        # lower level, noisy batch: G(w, alpha) with the current corrections (Eq. 3)
+        # lower level, noisy batch: G(w, alpha) with the current corrections (Eq. 3); with clean_mix the
+        # main model's loss also has the second half of the clean batch, F uses the first
         logits, features = self.model(noisy.x)                         # (B, K), (B, F)
         corrected = self.meta_model(features.detach(), noisy.y)        # (B, K) y~
         lower = lower_loss(logits, corrected)
-        grad_w_g = torch.autograd.grad(lower, params)
+        noisy_share, train_loss = 1.0, lower
+        if c.options["clean_mix"]:
+            half = len(clean.y) // 2
+            mix_x, mix_y = clean.x[half:], clean.y[half:]
+            clean = Batch(clean.x[:half], clean.y[:half], clean.index[:half])
+            noisy_share = len(noisy.y) / (len(noisy.y) + len(mix_y))
+            train_loss = noisy_share * lower + (1 - noisy_share) * F.cross_entropy(self.model(mix_x)[0], mix_y)
+        grad_w_g = torch.autograd.grad(train_loss, params)
 
         # look-ahead w': the main optimiser's next iterate
         state = self.optimizer.state
@@ -81,7 +109,8 @@ class MLC(Method):
 
         # hypergradient grad_alpha F(w'(alpha)) (Hessian-vector product)
         hypergradient = lookahead_hypergradient(self.model, dict(zip(names, params)), noisy.x, logits,
-                                                lambda scores: lower_loss(scores, corrected), meta_params, v, lr)
+                                                lambda scores: noisy_share * lower_loss(scores, corrected),
+                                                meta_params, v, lr)
         if c.k > 1:
             hypergradient = self.accumulate(hypergradient, v, clean, lr)
         self.accumulated_steps += 1
@@ -90,7 +119,7 @@ class MLC(Method):
             self.meta_optimizer.step()
             self.accumulated, self.accumulated_steps = None, 0
 
-        # main model: SGD on G with the labels used above (before the meta update), as in the public code
+        # main model: SGD on its loss with the labels used above (before the meta update), as in the public code
         set_grads(params, grad_w_g)
         self.optimizer.step()
         return {"loss": lower.detach()}

@@ -29,17 +29,19 @@ from torch import Tensor
 from ebomlc.bilevel import (GRAD_Q_FORMS, barrier_coefficient, set_grads, sq_norm, update_direction, upper_loss,
                             value_gap_gradients)
 from ebomlc.config import ConfigError, TrialConfig
-from ebomlc.methods.base import Batch, EvalOutput, Method, MethodContext
+from ebomlc.methods.base import (META_MODEL_OPTIONS, Batch, EvalOutput, Method, MethodContext,
+                                 check_meta_model_options)
 
 
 class MLCD(Method):
     name = "mlc_d"
     hyperparameters = {"delta": 0.25, "k": 5}
-    options = {"grad_q": "bome"}       # how grad_w Q treats the look-ahead: "bome" | "difference"
+    options = {"grad_q": "bome", **META_MODEL_OPTIONS}   # grad_q: how grad_w Q treats the look-ahead
     sampling = "paired"
 
     @classmethod
     def validate_options(cls, config: TrialConfig) -> None:
+        check_meta_model_options(config)
         if config.options["grad_q"] not in GRAD_Q_FORMS:
             raise ConfigError(f"option grad_q must be one of {', '.join(GRAD_Q_FORMS)}, "
                               f"got {config.options['grad_q']!r}")
