@@ -47,7 +47,7 @@ def keep_freed_cpu_memory() -> bool:
 
     Every step frees and re-allocates its activations (tens of MB). With glibc's defaults, large blocks
     get fresh mappings and the heap is trimmed, so each step pays tens of thousands of page faults, more
-    for methods with more passes (about 4% of an EBOMLC ResNet-32 step on 2 cores, benchmarks/step_cost.py).
+    for methods with more passes (8% of an EBOMLC ResNet-32 step on 2 cores: benchmarks/step_cost.py).
     A 32 MiB mmap threshold and a 1 GiB trim threshold keep the memory for reuse, as a GPU's caching
     allocator does. Process-wide and idempotent; returns False (nothing changed) without glibc.
     """

@@ -105,3 +105,13 @@ def test_label_correction_diagnostics_on_a_hand_worked_set():
     assert int(sums["correct"]) == 3 and int(sums["agree_given"]) == 3           # main model vs true / given
     expected_lower = -(corrected * logits).sum()                                 # Eq. (3), summed
     assert float(sums["lower"]) == pytest.approx(float(expected_lower))
+
+
+def test_keep_freed_cpu_memory_applies_on_glibc_only():
+    import platform
+
+    from ebomlc.train import keep_freed_cpu_memory
+
+    on_glibc = platform.libc_ver()[0] == "glibc"
+    assert keep_freed_cpu_memory() is on_glibc
+    assert keep_freed_cpu_memory() is on_glibc        # idempotent
