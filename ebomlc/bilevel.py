@@ -21,6 +21,7 @@ training.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -296,7 +297,11 @@ def lookahead_hypergradient(model: nn.Module, params: dict[str, Tensor], x: Tens
     """
     weights = {name: p.detach() for name, p in params.items()}
     tangents = dict(zip(weights, grad_at_lookahead))
-    _, jv = torch.func.jvp(lambda w: lookahead_forward(model, w, x)[0], (weights,), (tangents,))   # (B, K) J v
+    with warnings.catch_warnings():
+        # torch registers its forward-mode rules with its own deprecated torch.jit.script on first use and
+        # warns about that call; nothing for a user to act on
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        _, jv = torch.func.jvp(lambda w: lookahead_forward(model, w, x)[0], (weights,), (tangents,))   # (B, K) J v
     scores = logits.detach().requires_grad_()
     (dg_dscores,) = torch.autograd.grad(lower_of_logits(scores), scores, create_graph=True)       # (B, K)
     return list(torch.autograd.grad(-lr * (dg_dscores * jv).sum(), list(meta_params)))
