@@ -178,7 +178,6 @@ def _value_label(parameter: str):
 def sensitivity_figures(trials: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Path]:
     written: list[Path] = []
     ok = trials[trials["status"] == "ok"]
-    slugs = _slugs(trials)
     for parameter in SENSITIVITY_PARAMETERS:
         found = False
         for (dataset, method), group in ok.groupby(["dataset", "method"]):

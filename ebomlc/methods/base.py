@@ -31,16 +31,6 @@ from ebomlc.models.meta import EMBEDDING_INITS
 
 SAMPLING_MODES = ("paired", "noisy", "union")
 
-# The option every method with a meta model g_alpha has (ebomlc, mlc_d, mlc): see ebomlc.models.meta
-META_MODEL_OPTIONS = {"meta_embedding_init": "xavier"}
-
-
-def check_meta_model_options(config: TrialConfig) -> None:
-    """Validate META_MODEL_OPTIONS in a method's (filled-in) options."""
-    if config.options["meta_embedding_init"] not in EMBEDDING_INITS:
-        raise ConfigError(f"option meta_embedding_init must be one of {', '.join(EMBEDDING_INITS)}, "
-                          f"got {config.options['meta_embedding_init']!r}")
-
 
 class Batch(NamedTuple):
     x: Tensor                       # (B, C, H, W) float, normalised, on the device
@@ -183,3 +173,26 @@ class Method:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+class MetaCorrectionMethod(Method):
+    """Base of the methods with a meta model g_alpha (ebomlc, mlc_d, mlc): builds it with its Adam, and
+    evaluates with its corrected labels (the label-correction diagnostics of the trainer)."""
+
+    options: ClassVar[dict[str, Any]] = {"meta_embedding_init": "xavier"}   # see ebomlc.models.meta
+
+    @classmethod
+    def validate_options(cls, config: TrialConfig) -> None:
+        if config.options["meta_embedding_init"] not in EMBEDDING_INITS:
+            raise ConfigError(f"option meta_embedding_init must be one of {', '.join(EMBEDDING_INITS)}, "
+                              f"got {config.options['meta_embedding_init']!r}")
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.meta_model = ctx.build_meta_model()
+        self.meta_optimizer = ctx.meta_optimizer(self.meta_model.parameters())
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor) -> EvalOutput:
+        logits, features = self.model(x)
+        return EvalOutput(logits, self.meta_model(features, y))

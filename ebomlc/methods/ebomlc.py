@@ -37,27 +37,21 @@ from torch import Tensor
 from ebomlc.bilevel import (GRAD_Q_FORMS, barrier_coefficient, mixture_upper_loss, set_grads, sq_norm,
                             update_direction, value_gap_gradients)
 from ebomlc.config import ConfigError, TrialConfig
-from ebomlc.methods.base import (META_MODEL_OPTIONS, Batch, EvalOutput, Method, MethodContext,
-                                 check_meta_model_options)
+from ebomlc.methods.base import Batch, MetaCorrectionMethod
 
 
-class EBOMLC(Method):
+class EBOMLC(MetaCorrectionMethod):
     name = "ebomlc"
     hyperparameters = {"rho": 0.2, "xi": 0.5, "delta": 0.25, "k": 1, "mixture": "probs"}
-    options = {"grad_q": "bome", **META_MODEL_OPTIONS}   # grad_q: how grad_w Q treats the look-ahead
+    options = {"grad_q": "bome", **MetaCorrectionMethod.options}   # grad_q: how grad_w Q treats the look-ahead
     sampling = "paired"
 
     @classmethod
     def validate_options(cls, config: TrialConfig) -> None:
-        check_meta_model_options(config)
+        super().validate_options(config)
         if config.options["grad_q"] not in GRAD_Q_FORMS:
             raise ConfigError(f"option grad_q must be one of {', '.join(GRAD_Q_FORMS)}, "
                               f"got {config.options['grad_q']!r}")
-
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        self.meta_model = ctx.build_meta_model()
-        self.meta_optimizer = ctx.meta_optimizer(self.meta_model.parameters())
 
     def step(self, noisy: Batch, clean: Batch | None) -> dict[str, Tensor]:
         c = self.config
@@ -85,10 +79,6 @@ class EBOMLC(Method):
         grad_q_norm = (sq_norm(grad_w_q) + sq_norm(grad_alpha_q)).sqrt()
         return {"loss": upper.detach(), "beta": beta, "beta_max": beta, "grad_q_norm": grad_q_norm}
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor) -> EvalOutput:
-        logits, features = self.model(x)
-        return EvalOutput(logits, self.meta_model(features, y))
 
     def clean_metrics(self, logits: Tensor, corrected: Tensor | None, y: Tensor) -> dict[str, Tensor]:
         """Sum over the batch of the mixture upper loss of Eq. (9)."""

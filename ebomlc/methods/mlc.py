@@ -50,19 +50,18 @@ from torch import Tensor
 from ebomlc.bilevel import (GRAD_Q_EPS, dot, lookahead_forward, lookahead_hypergradient, lower_loss, set_grads,
                             sgd_lookahead, sq_norm, upper_loss)
 from ebomlc.config import ConfigError, TrialConfig
-from ebomlc.methods.base import (META_MODEL_OPTIONS, Batch, EvalOutput, Method, MethodContext,
-                                 check_meta_model_options)
+from ebomlc.methods.base import Batch, MetaCorrectionMethod, MethodContext
 
 
-class MLC(Method):
+class MLC(MetaCorrectionMethod):
     name = "mlc"
     hyperparameters = {"k": 1}
-    options = {"clean_mix": True, **META_MODEL_OPTIONS}   # clean_mix: half of each clean batch in the main loss
+    options = {"clean_mix": True, **MetaCorrectionMethod.options}   # clean_mix: half of each clean batch in the main loss
     sampling = "paired"
 
     @classmethod
     def validate_options(cls, config: TrialConfig) -> None:
-        check_meta_model_options(config)
+        super().validate_options(config)
         if not isinstance(config.options["clean_mix"], bool):
             raise ConfigError(f"option clean_mix must be true or false, got {config.options['clean_mix']!r}")
         if config.options["clean_mix"] and config.clean_batch_size < 2:
@@ -71,8 +70,6 @@ class MLC(Method):
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)
-        self.meta_model = ctx.build_meta_model()
-        self.meta_optimizer = ctx.meta_optimizer(self.meta_model.parameters())
         self.accumulated: list[Tensor] | None = None   # k > 1: discounted sum of this round's hypergradients
         self.accumulated_steps = 0                     # main-model steps since the last meta step
 
@@ -136,10 +133,6 @@ class MLC(Method):
         self.accumulated = hypergradient
         return hypergradient
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor) -> EvalOutput:
-        logits, features = self.model(x)
-        return EvalOutput(logits, self.meta_model(features, y))
 
     def extra_state(self) -> dict[str, Any]:
         return {"accumulated": self.accumulated, "accumulated_steps": self.accumulated_steps}

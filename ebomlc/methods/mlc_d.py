@@ -29,27 +29,21 @@ from torch import Tensor
 from ebomlc.bilevel import (GRAD_Q_FORMS, barrier_coefficient, set_grads, sq_norm, update_direction, upper_loss,
                             value_gap_gradients)
 from ebomlc.config import ConfigError, TrialConfig
-from ebomlc.methods.base import (META_MODEL_OPTIONS, Batch, EvalOutput, Method, MethodContext,
-                                 check_meta_model_options)
+from ebomlc.methods.base import Batch, MetaCorrectionMethod
 
 
-class MLCD(Method):
+class MLCD(MetaCorrectionMethod):
     name = "mlc_d"
     hyperparameters = {"delta": 0.25, "k": 5}
-    options = {"grad_q": "bome", **META_MODEL_OPTIONS}   # grad_q: how grad_w Q treats the look-ahead
+    options = {"grad_q": "bome", **MetaCorrectionMethod.options}   # grad_q: how grad_w Q treats the look-ahead
     sampling = "paired"
 
     @classmethod
     def validate_options(cls, config: TrialConfig) -> None:
-        check_meta_model_options(config)
+        super().validate_options(config)
         if config.options["grad_q"] not in GRAD_Q_FORMS:
             raise ConfigError(f"option grad_q must be one of {', '.join(GRAD_Q_FORMS)}, "
                               f"got {config.options['grad_q']!r}")
-
-    def __init__(self, ctx: MethodContext):
-        super().__init__(ctx)
-        self.meta_model = ctx.build_meta_model()
-        self.meta_optimizer = ctx.meta_optimizer(self.meta_model.parameters())
 
     def random_noisy_batch(self) -> tuple[Tensor, Tensor]:
         """A batch of D' drawn uniformly (with replacement) from the method's generator: images, noisy labels."""
@@ -82,7 +76,3 @@ class MLCD(Method):
         grad_q_norm = (sq_norm(grad_w_q) + sq_norm(grad_alpha_q)).sqrt()
         return {"loss": upper.detach(), "beta": beta, "beta_max": beta, "grad_q_norm": grad_q_norm}
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor) -> EvalOutput:
-        logits, features = self.model(x)
-        return EvalOutput(logits, self.meta_model(features, y))
